@@ -1,0 +1,89 @@
+"""``exgramed`` command line: argument parsing only; the work is done by library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .modeling.configuration import DENSE_CONNECTOR_TYPES
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from .data.tiny import make_tiny_checkpoint
+    out = make_tiny_checkpoint(args.out, dense_connector=args.dense_connector, image_size=args.image_size,
+                               patch_size=args.patch_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                               projector_type=args.projector, use_im_start_end=not args.no_im_start_end,
+                               seed=args.seed)
+    print(f"tiny exgra_med checkpoint written to {out}")
+    return 0
+
+
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from .data.demo_data import make_demo_data
+    data = make_demo_data(args.out, image_size=args.image_size, seed=args.seed)
+    for name, path in data.__dict__.items():
+        print(f"{name:16s} {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    result = run_demo(args.out, max_steps=args.max_steps, prompt_style=args.prompt_style)
+    print("\nexgramed demo finished. Written:")
+    for name, path in result.__dict__.items():
+        print(f"  {name:20s} {path}")
+    return 0
+
+
+def _eval_vqa(argv: list[str]) -> int:
+    from .eval.eval_vqa import main as eval_vqa_main
+    return eval_vqa_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exgramed", description="ExGra-Med tools for ms-swift")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random exgra_med checkpoint (offline)")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--dense-connector", choices=DENSE_CONNECTOR_TYPES, default="none")
+    tiny.add_argument("--image-size", type=int, default=56)
+    tiny.add_argument("--patch-size", type=int, default=14)
+    tiny.add_argument("--hidden-size", type=int, default=64)
+    tiny.add_argument("--num-layers", type=int, default=2)
+    tiny.add_argument("--projector", default="mlp2x_gelu", help="linear, identity or mlp<N>x_gelu")
+    tiny.add_argument("--no-im-start-end", action="store_true", help="plain <im_patch> runs (mm_use_im_start_end false)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_make_tiny)
+
+    demo_data = sub.add_parser("make-demo-data", help="write the demo train/test set from real medical images")
+    demo_data.add_argument("out", type=Path)
+    demo_data.add_argument("--image-size", type=int, default=64)
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.set_defaults(handler=_make_demo_data)
+
+    demo = sub.add_parser("demo", help="tiny checkpoint + demo data, swift sft, swift infer, VQA scores (CPU)")
+    demo.add_argument("--out", type=Path, default=Path("exgramed_demo"))
+    demo.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
+    demo.add_argument("--prompt-style", choices=("v0", "simple"), default="v0",
+                      help="inference prompt: v0 = training format (default for the demo), simple = original eval")
+    demo.set_defaults(handler=_demo)
+
+    sub.add_parser("eval-vqa", help="score answers against a VQA file (original and strict metrics)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="[exgramed] %(message)s")
+    if argv and argv[0] == "eval-vqa":
+        return _eval_vqa(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data formats, preprocessing, tiny checkpoints and demo data."""

@@ -1,0 +1,449 @@
+"""`exgramed eval-vqa`: score VQA answers with the original metrics and the strict ones, side by side.
+
+Why: users of LLaVA-Med-style code cannot reproduce published numbers because the scoring script is
+order-dependent, needs an unreleased candidate file and has substring / prefix / multiplicity quirks
+(peers doc §1.2-1.3). Here pairs are matched by id, every quirk of the original is reproduced under
+"original", and the corrected numbers are reported under "strict".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exgramed_plugin.eval.vqa_metrics import (
+    BLEU_WEIGHTS,
+    NormalizedCandidates,
+    mean_percent,
+    normalize_candidates,
+    normalize_word_strict,
+    prepare_original,
+    score_pair_original,
+    score_pair_strict,
+)
+
+logger = logging.getLogger(__name__)
+
+ANSWER_TYPES = ("OPEN", "CLOSED")
+MAX_IDS_IN_ERROR = 20
+
+# Report key -> (table label, name in the original run_eval.py table or "" if it has none).
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "closed_accuracy": ("Closed accuracy", "yes/no accuracy"),
+    "open_recall": ("Open recall", "recall"),
+    "open_accuracy": ("Open accuracy (candidates)", "open accuracy"),
+    "average": ("Average (open recall + closed)/2", ""),
+    "average_open_accuracy": ("Average (open accuracy + closed)/2", ""),
+    "exact_match": ("Exact match", "exact match score"),
+    "f1": ("F1", "f1 score"),
+    "precision": ("Precision", "precision"),
+    "bleu_cumulative_4": ("BLEU-4 cumulative (uniform)", "bleu_score"),
+    "bleu_1": ("BLEU-1 (1-gram only)", "bleu_score_1"),
+    "bleu_2": ("BLEU-2 (2-gram only)", "bleu_score_2"),
+    "bleu_3": ("BLEU-3 (3-gram only)", "bleu_score_3"),
+    "bleu_4": ("BLEU-4 (4-gram only)", ""),
+}
+
+METRIC_DEFINITIONS: dict[str, str] = {
+    "original": (
+        "run_eval.py of the original: gt/pred = normalize_word(x.lower()) (32-period limit, "
+        "'Assistant:' kept); closed = gt substring of pred; open recall/precision/f1 with prediction "
+        "multiplicity after a second normalisation; exact_match = distinct gt words in pred / pred "
+        "word count; open accuracy = closest candidate.json answer equals gt; BLEU = nltk "
+        "sentence_bleu without smoothing. All ×100, averaged over the questions of the type."
+    ),
+    "strict": (
+        "Leading 'Assistant:' stripped, single normalisation without the period limit; closed = "
+        "prediction begins with the gt words (yes/no: first word equals gt; gt erased by "
+        "normalisation such as option 'A': same rule on lower-cased alphanumeric tokens); open "
+        "recall/precision/f1 on word sets; exact_match = normalised strings equal; open accuracy "
+        "and BLEU as original on the strict strings."
+    ),
+    "bleu": (
+        "bleu_cumulative_4 = weights (.25,.25,.25,.25) (the original 'bleu_score'); bleu_n = "
+        "individual n-gram weights, e.g. bleu_2 = (0,1,0,0) (original 'bleu_score_1..3'; bleu_4 "
+        "was not printed by the original)."
+    ),
+    "average": "(open_recall + closed_accuracy) / 2, the per-dataset number the papers report.",
+}
+
+
+@dataclass(frozen=True)
+class VQAQuestion:
+    """One ground-truth item: id as a string, OPEN/CLOSED, question text and gt answer."""
+
+    id: str
+    answer_type: str
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class PredictedAnswer:
+    """One model answer, keyed by question id (as a string)."""
+
+    id: str
+    text: str
+
+
+@dataclass
+class VQAReport:
+    """Aggregated (×100) original and strict metrics, counts and per-question rows."""
+
+    original: dict[str, float | None]
+    strict: dict[str, float | None]
+    counts: dict[str, int]
+    per_question: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, str | None] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON list, or JSON Lines (one object per non-empty line)."""
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        rows = json.loads(stripped)
+    else:
+        rows = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: invalid JSON line: {error}") from error
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path}: expected a list of JSON objects")
+    return rows
+
+
+def _content_text(content: Any) -> str:
+    """Message content as text (swift content may be a list of typed parts)."""
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return str(content)
+
+
+def _question_from_row(row: dict[str, Any], path: str | Path, position: int) -> VQAQuestion:
+    where = f"{path}: item {position}"
+    if "id" not in row:
+        raise ValueError(f"{where}: missing 'id'")
+    answer_type = str(row.get("answer_type", "")).upper()
+    turns = row.get("conversations", row.get("conversatons"))
+    if turns is not None:
+        speaker_key, text_key, user, assistant = "from", "value", "human", "gpt"
+    elif "messages" in row:
+        turns = row["messages"]
+        speaker_key, text_key, user, assistant = "role", "content", "user", "assistant"
+    else:
+        raise ValueError(f"{where}: needs 'conversations' (VQA JSON) or 'messages' (swift rows)")
+    questions = [_content_text(t.get(text_key, "")) for t in turns if t.get(speaker_key) == user]
+    answers = [_content_text(t.get(text_key, "")) for t in turns if t.get(speaker_key) == assistant]
+    if not answers:
+        raise ValueError(f"{where}: no '{assistant}' turn holding the ground-truth answer")
+    question = questions[0].replace("<image>", "").strip() if questions else ""
+    return VQAQuestion(
+        id=str(row["id"]), answer_type=answer_type, question=question, answer=answers[0]
+    )
+
+
+def load_vqa_questions(path: str | Path) -> list[VQAQuestion]:
+    """Read a VQA JSON (method-spec §4.1) or swift-style JSON/JSONL rows with ``messages``.
+
+    Ground truth = the first gpt/assistant turn (the original reads ``conversations[1]``, the same
+    turn for these files). ``answer_type`` is upper-cased.
+    """
+    rows = _read_json_or_jsonl(path)
+    return [_question_from_row(row, path, position) for position, row in enumerate(rows)]
+
+
+def load_answers(path: str | Path) -> list[PredictedAnswer]:
+    """Read answers JSONL: original rows (``question_id``, ``text``) or swift infer rows.
+
+    Swift ``--result_path`` rows carry ``response``; they need an ``id`` column to be paired.
+    """
+    answers = []
+    for position, row in enumerate(_read_json_or_jsonl(path)):
+        where = f"{path}: row {position}"
+        if "question_id" in row:
+            question_id = row["question_id"]
+        elif "id" in row:
+            question_id = row["id"]
+        else:
+            raise ValueError(f"{where}: needs 'question_id' or 'id' to pair it with the ground truth")
+        if "text" in row:
+            text = row["text"]
+        elif "response" in row:
+            text = row["response"]
+        else:
+            raise ValueError(f"{where}: needs 'text' or 'response'")
+        answers.append(PredictedAnswer(id=str(question_id), text="" if text is None else str(text)))
+    return answers
+
+
+def load_candidates(path: str | Path) -> list[object]:
+    """candidate.json: ``{"0": [answers...]}`` as the original expects; a bare list is accepted."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        if "0" not in data:
+            raise ValueError(f"{path}: expected the key '0' holding the candidate answers")
+        data = data["0"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: candidate answers must be a list")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairing and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def _id_sample(ids: Sequence[str]) -> str:
+    shown = ", ".join(repr(i) for i in ids[:MAX_IDS_IN_ERROR])
+    more = f", ... ({len(ids) - MAX_IDS_IN_ERROR} more)" if len(ids) > MAX_IDS_IN_ERROR else ""
+    return f"{len(ids)} id(s): [{shown}{more}]"
+
+
+def _duplicates(ids: Sequence[str]) -> list[str]:
+    return [i for i, n in Counter(ids).items() if n > 1]
+
+
+def pair_by_id(
+    questions: Sequence[VQAQuestion], answers: Sequence[PredictedAnswer]
+) -> list[tuple[VQAQuestion, PredictedAnswer]]:
+    """Match answers to questions by id (as strings), in question order.
+
+    Raises ValueError naming duplicated, missing (no prediction) and extra (no ground truth) ids,
+    instead of the original's order-dependent ``assert gt_ids == pred_ids``.
+    """
+    problems = []
+    duplicated_gt = _duplicates([q.id for q in questions])
+    duplicated_pred = _duplicates([a.id for a in answers])
+    if duplicated_gt:
+        problems.append(f"duplicated ground-truth {_id_sample(duplicated_gt)}")
+    if duplicated_pred:
+        problems.append(f"duplicated prediction {_id_sample(duplicated_pred)}")
+    answer_by_id = {a.id: a for a in answers}
+    question_ids = {q.id for q in questions}
+    missing = [q.id for q in questions if q.id not in answer_by_id]
+    extra = [a.id for a in answers if a.id not in question_ids]
+    if missing:
+        problems.append(f"missing predictions for {_id_sample(missing)}")
+    if extra:
+        problems.append(f"predictions without ground truth for {_id_sample(extra)}")
+    if problems:
+        raise ValueError("ground truth and predictions do not match: " + "; ".join(problems))
+    return [(q, answer_by_id[q.id]) for q in questions]
+
+
+def _aggregate(rows: Sequence[dict[str, float]], rows_closed: Sequence[dict[str, float]],
+               with_candidates: bool) -> dict[str, float | None]:
+    """Average per-question scores (×100) into the report keys."""
+    metrics: dict[str, float | None] = {
+        "closed_accuracy": mean_percent([r["closed_hit"] for r in rows_closed]),
+        "open_recall": mean_percent([r["recall"] for r in rows]),
+    }
+    if with_candidates:
+        metrics["open_accuracy"] = mean_percent([r["open_hit"] for r in rows])
+    closed, open_recall = metrics["closed_accuracy"], metrics["open_recall"]
+    metrics["average"] = None if closed is None or open_recall is None else (open_recall + closed) / 2
+    if with_candidates:
+        open_accuracy = metrics["open_accuracy"]
+        metrics["average_open_accuracy"] = (
+            None if closed is None or open_accuracy is None else (open_accuracy + closed) / 2
+        )
+    metrics["exact_match"] = mean_percent([r["exact_match"] for r in rows])
+    metrics["f1"] = mean_percent([r["f1"] for r in rows])
+    metrics["precision"] = mean_percent([r["precision"] for r in rows])
+    for name in BLEU_WEIGHTS:
+        metrics[name] = mean_percent([r[name] for r in rows])
+    return metrics
+
+
+def evaluate_vqa(
+    gt_path: str | Path, pred_path: str | Path, candidate_path: str | Path | None = None
+) -> VQAReport:
+    """Score answers against a VQA ground-truth file; see METRIC_DEFINITIONS for what is computed.
+
+    Questions whose answer_type is neither OPEN nor CLOSED are skipped (as in the original) and
+    counted under ``counts["skipped"]``.
+    """
+    questions = load_vqa_questions(gt_path)
+    answers = load_answers(pred_path)
+    pairs = pair_by_id(questions, answers)
+
+    candidates_original: NormalizedCandidates | None = None
+    candidates_strict: NormalizedCandidates | None = None
+    if candidate_path is not None:
+        raw_candidates = load_candidates(candidate_path)
+        candidates_original = normalize_candidates(raw_candidates)
+        candidates_strict = normalize_candidates(raw_candidates, remove_all_periods=True)
+
+    original_open, original_closed, strict_open, strict_closed = [], [], [], []
+    per_question: list[dict[str, Any]] = []
+    skipped = 0
+    for question, answer in pairs:
+        if question.answer_type not in ANSWER_TYPES:
+            skipped += 1
+            continue
+        original = score_pair_original(
+            answer.text, question.answer, question.answer_type, candidates_original
+        )
+        strict = score_pair_strict(
+            answer.text, question.answer, question.answer_type, candidates_strict
+        )
+        if question.answer_type == "OPEN":
+            original_open.append(original)
+            strict_open.append(strict)
+        else:
+            original_closed.append(original)
+            strict_closed.append(strict)
+        row: dict[str, Any] = {
+            "id": question.id,
+            "answer_type": question.answer_type,
+            "question": question.question,
+            "gt": question.answer,
+            "prediction": answer.text,
+            "original_gt_normalized": prepare_original(question.answer),
+            "original_prediction_normalized": prepare_original(answer.text),
+            "strict_gt_normalized": normalize_word_strict(question.answer),
+            "strict_prediction_normalized": normalize_word_strict(answer.text),
+        }
+        row.update({f"original_{k}": v for k, v in original.items()})
+        row.update({f"strict_{k}": v for k, v in strict.items()})
+        per_question.append(row)
+    if skipped:
+        logger.warning("skipped %d question(s) whose answer_type is not OPEN/CLOSED", skipped)
+
+    with_candidates = candidate_path is not None
+    return VQAReport(
+        original=_aggregate(original_open, original_closed, with_candidates),
+        strict=_aggregate(strict_open, strict_closed, with_candidates),
+        counts={
+            "total": len(pairs),
+            "open": len(original_open),
+            "closed": len(original_closed),
+            "skipped": skipped,
+        },
+        per_question=per_question,
+        sources={
+            "gt": str(gt_path),
+            "pred": str(pred_path),
+            "candidate": None if candidate_path is None else str(candidate_path),
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+
+
+def _format_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def format_report_table(report: VQAReport) -> str:
+    """Plain-text table: one row per metric, original and strict side by side."""
+    header = ("Metric", "original", "strict", "run_eval.py name")
+    rows = [
+        (label, _format_value(report.original.get(key)), _format_value(report.strict.get(key)), name)
+        for key, (label, name) in METRIC_LABELS.items()
+        if key in report.original
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i in (0, 3) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    counts = report.counts
+    summary = (
+        f"questions: {counts['total']} (open {counts['open']}, closed {counts['closed']}, "
+        f"skipped {counts['skipped']})"
+    )
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([summary, line(header), rule, *(line(r) for r in rows)])
+
+
+def write_report(report: VQAReport, json_path: str | Path, csv_path: str | Path) -> None:
+    """Write the summary JSON (metrics, counts, definitions) and the per-question CSV."""
+    summary = {
+        "sources": report.sources,
+        "counts": report.counts,
+        "original": report.original,
+        "strict": report.strict,
+        "original_names": {k: name for k, (_, name) in METRIC_LABELS.items() if name},
+        "definitions": METRIC_DEFINITIONS,
+    }
+    Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    fieldnames: list[str] = []
+    for row in report.per_question:
+        fieldnames.extend(key for key in row if key not in fieldnames)
+    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
+        writer.writeheader()
+        writer.writerows(report.per_question)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `exgramed eval-vqa` (kept separate so the CLI can reuse it)."""
+    parser = argparse.ArgumentParser(
+        prog="exgramed eval-vqa",
+        description="Score VQA answers with the original ExGra-Med/LLaVA-Med metrics and strict ones.",
+    )
+    parser.add_argument(
+        "--gt", required=True, help="VQA JSON (test_w_options_new.json) or swift rows"
+    )
+    parser.add_argument(
+        "--pred", required=True, help="answers JSONL (question_id/text or id/response)"
+    )
+    parser.add_argument(
+        "--candidate", default=None, help='candidate.json {"0": [...]}, enables open accuracy'
+    )
+    parser.add_argument(
+        "--out-json", default=None, help="default: <pred without extension>.metrics.json"
+    )
+    parser.add_argument(
+        "--out-csv", default=None, help="default: <pred without extension>.per_question.csv"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: prints the table, writes JSON + CSV; returns 2 on input errors."""
+    args = build_parser().parse_args(argv)
+    pred_path = Path(args.pred)
+    out_json = Path(args.out_json) if args.out_json else pred_path.with_suffix(".metrics.json")
+    out_csv = Path(args.out_csv) if args.out_csv else pred_path.with_suffix(".per_question.csv")
+    try:
+        report = evaluate_vqa(args.gt, args.pred, args.candidate)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_report(report, out_json, out_csv)
+    print(format_report_table(report))
+    print(f"\nwrote {out_json} and {out_csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Thin swift glue: model type, template and datasets (everything else lives outside swift)."""
+
+from .datasets import register_exgra_med_datasets
+from .model import register_exgra_med_model
+from .template import register_exgra_med_template
+
+
+def register_all() -> None:
+    """Register everything with swift; safe to call more than once."""
+    register_exgra_med_template()
+    register_exgra_med_model()
+    register_exgra_med_datasets()

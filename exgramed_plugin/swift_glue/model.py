@@ -1,0 +1,96 @@
+"""The ``exgra_med`` model type: ModelMeta, loader and model arch for swift."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from swift.model import Model, ModelGroup, ModelLoader, ModelMeta, register_model
+from swift.model.model_arch import MultiModelKeys, register_model_arch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..modeling.configuration import ExGraMedConfig
+from ..modeling.modeling import ExGraMedForCausalLM
+from ..modeling.processing import ExGraMedProcessor
+from ..modeling.vision import VISION_TOWER_PREFIX, checkpoint_weight_names, load_vision_tower_weights
+from .template import TEMPLATE_TYPE
+
+logger = logging.getLogger(__name__)
+MODEL_TYPE = "exgra_med"
+VISION_TOWER_ENV = "VISION_TOWER"  # set by --model_kwargs '{"vision_tower": ...}'
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+# Module-path prefixes used by --freeze_vit / --freeze_aligner / --freeze_llm, LoRA targets and
+# --vit_lr / --aligner_lr.
+EXGRA_MED_ARCH = MultiModelKeys(
+    MODEL_TYPE,
+    language_model=["model.embed_tokens", "model.layers", "model.norm", "lm_head"],
+    aligner=["model.mm_projector"],
+    vision_tower=["model.vision_tower"],
+)
+
+
+class ExGraMedLoader(ModelLoader):
+    """Loads the plugin layout; never trusts ``model_type`` strings it did not write itself."""
+
+    def get_config(self, model_dir: str) -> ExGraMedConfig:
+        config_path = Path(model_dir) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: not an exgra_med checkpoint")
+        model_type = json.loads(config_path.read_text()).get("model_type")
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}. Checkpoints in the "
+                             "original LLaVA-Med layout (model_type 'llava') are not loadable by this version.")
+        self.auto_config_cls = ExGraMedConfig
+        return ExGraMedConfig.from_pretrained(model_dir)
+
+    def get_processor(self, model_dir: str, config) -> ExGraMedProcessor:
+        if not any((Path(model_dir) / name).is_file() for name in _TOKENIZER_FILES):
+            raise FileNotFoundError(f"{model_dir}: no tokenizer file ({' or '.join(_TOKENIZER_FILES)})")
+        return ExGraMedProcessor.from_pretrained(model_dir)
+
+    def get_model(self, model_dir: str, config, processor, model_kwargs):
+        self.auto_model_cls = ExGraMedForCausalLM
+        model = super().get_model(model_dir, config, processor, model_kwargs)
+        override = os.environ.get(VISION_TOWER_ENV)
+        bundled = any(name.startswith(VISION_TOWER_PREFIX) for name in checkpoint_weight_names(model_dir))
+        if override or not bundled:
+            source = override or config.mm_vision_tower
+            if not source:
+                raise ValueError(f"{model_dir} bundles no vision tower and its config names none (mm_vision_tower); "
+                                 "pass --model_kwargs '{\"vision_tower\": \"<CLIP dir or hub id>\"}'")
+            load_vision_tower_weights(model.model.vision_tower, source)
+        return model
+
+
+def register_exgra_med_model() -> None:
+    AutoConfig.register(MODEL_TYPE, ExGraMedConfig, exist_ok=True)
+    AutoModelForCausalLM.register(ExGraMedConfig, ExGraMedForCausalLM, exist_ok=True)
+    register_model_arch(EXGRA_MED_ARCH, exist_ok=True)
+    register_model(
+        ModelMeta(
+            MODEL_TYPE,
+            [
+                ModelGroup([
+                    Model(hf_model_id="MERGE-Group/exgra-med"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-10"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-40"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-dci"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-dci-vqa-rad"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-dci-slake"),
+                    Model(hf_model_id="MERGE-Group/exgra-med-dci-pathvqa"),
+                    Model(hf_model_id="MERGE-Group/llava-med-10"),
+                    Model(hf_model_id="MERGE-Group/llava-med-40"),
+                ]),
+            ],
+            ExGraMedLoader,
+            template=TEMPLATE_TYPE,
+            model_arch=MODEL_TYPE,
+            architectures=["ExGraMedForCausalLM"],
+            is_multimodal=True,
+            tags=["vision", "medical"],
+        ),
+        exist_ok=True,
+    )
