@@ -173,7 +173,8 @@ def detect_format(row: dict[str, Any]) -> str:
         return "llava"
     if row.get("messages") is not None:
         return "messages"
-    raise DataFormatError("unrecognised row: expected 'conversations' (LLaVA-Med/VQA) or 'messages' (swift)")
+    raise DataFormatError("missing: expected 'conversations' (LLaVA-Med/VQA, or the misspelled 'conversatons') "
+                          "or 'messages' (swift)")
 
 
 def row_to_standard(row: dict[str, Any], source: str | None = None, image_root: str | None = None,

@@ -27,6 +27,7 @@ DEMO_DIR_ENV = "EXGRAMED_DEMO_DIR"
 DEFAULT_DEMO_DIR = "~/.cache/exgramed/demo_data"
 _SNIFF_BYTES = 65536
 _OUR_FORMAT = re.compile(r'"(conversations|conversatons)"\s*:|"extended_answers"\s*:')
+_MESSAGES_WITH_IMAGES = (re.compile(r'"messages"\s*:'), re.compile(r'"images?"\s*:'))
 
 
 class ExGraMedPreprocessor(RowPreprocessor):
@@ -54,12 +55,13 @@ def keep_extra_columns() -> None:
 
 
 def is_our_format(path: str) -> bool:
-    """Cheap sniff of the first 64 KiB: LLaVA-Med/VQA conversations or swift rows with extended answers."""
+    """Cheap sniff of the first 64 KiB: LLaVA-Med/VQA conversations, or swift rows with images or
+    extended answers (so that their relative image paths resolve against the file's folder)."""
     if not path.endswith((".json", ".jsonl")):
         return False
     with open(path, encoding="utf-8", errors="replace") as handle:
         head = handle.read(_SNIFF_BYTES)
-    return bool(_OUR_FORMAT.search(head))
+    return bool(_OUR_FORMAT.search(head)) or all(p.search(head) for p in _MESSAGES_WITH_IMAGES)
 
 
 def file_dataset_meta(path: str, image_root: str | None = None) -> DatasetMeta:

@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:  make demo  /  make test
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# The torch build for the project's machines (a CUDA build that runs on CPU; other torchvision
+# builds fail to import there). Override for your own machine: make demo TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.exgramed-installed
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[demo,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/exgramed demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/bench_solvers.py
+	$(PY) benchmarks/bench_mga.py
+
+clean:
+	rm -rf exgramed_demo .pytest_cache
