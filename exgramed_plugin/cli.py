@@ -37,9 +37,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_vqa(argv: list[str]) -> int:
-    from .eval.eval_vqa import main as eval_vqa_main
-    return eval_vqa_main(argv)
+# Subcommands that own their argument parsing: name -> (module, function taking argv, help).
+DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "eval-vqa": ("exgramed_plugin.eval.eval_vqa", "main",
+                 "score answers against a VQA file (original and strict metrics)"),
+}
+
+
+def _run_delegated(name: str, argv: list[str]) -> int:
+    import importlib
+    module_name, function_name, _ = DELEGATED_COMMANDS[name]
+    return getattr(importlib.import_module(module_name), function_name)(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,16 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="inference prompt: v0 = training format (default for the demo), simple = original eval")
     demo.set_defaults(handler=_demo)
 
-    sub.add_parser("eval-vqa", help="score answers against a VQA file (original and strict metrics)",
-                   add_help=False)
+    for name, (_, _, help_text) in DELEGATED_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="[exgramed] %(message)s")
-    if argv and argv[0] == "eval-vqa":
-        return _eval_vqa(argv[1:])
+    if argv and argv[0] in DELEGATED_COMMANDS:
+        return _run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 
