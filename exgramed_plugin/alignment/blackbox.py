@@ -1,0 +1,125 @@
+"""Black-box differentiation of the graph-matching solver (method-spec §3.10, §10.4).
+
+Forward: ``x = solver(c, q)``. Backward (Vlastelica, Paulus et al., ICLR 2020)::
+
+    c' = c + lambda * dL/dx ,   q' = q                 (nothing flows into the edge-pair mask)
+    x' = solver(c', q')
+    dL/dc = -(x - x') / lambda ,   dL/dq = -(y(x) - y(x')) / lambda,   y_ab = x_{i1 j1} x_{i2 j2}
+
+Loss scaling: under fp16 AMP the incoming ``dL/dx`` is multiplied by the scaler's factor s.
+The original perturbs with it anyway, so its step size depends on s and its returned gradient
+is ``{0, +-1/lambda}`` whatever s is (then divided by s at unscale time). With ``loss_scale``
+given (and ``fidelity=False``) the true gradient ``dL/dx / s`` is used for the perturbation and
+the result is multiplied back by s, so after unscaling the update equals the unscaled one.
+``fidelity=True`` reproduces the original (ignores ``loss_scale``, divides by ``lambda + 1e-8``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+from .solvers import DEFAULT_SOLVER, edge_pair_indicator, prepare_problem, solve_prepared
+
+__all__ = ["BlackboxMatching", "blackbox_matching", "LossScale"]
+
+LossScale = Union[float, Tensor, Callable[[], float], None]
+_FIDELITY_EPSILON = 1e-8  # the original divides by (lambda + 1e-8)
+
+
+def _resolve_loss_scale(loss_scale: LossScale) -> float:
+    if loss_scale is None:
+        return 1.0
+    value = loss_scale() if callable(loss_scale) else loss_scale
+    value = float(value.item() if isinstance(value, Tensor) else value)
+    if not value > 0.0 or value != value or value == float("inf"):
+        raise ValueError(f"loss_scale must be a positive finite number, got {value}")
+    return value
+
+
+class BlackboxMatching(torch.autograd.Function):
+    """``matching = solver(unary, quadratic)`` with the λ-perturbation backward (see module doc).
+
+    ``apply(unary [b,n,m], quadratic [b,E1,E2], edges_a [b,2,E1], edges_b [b,2,E2], solver,
+    lambda_val, loss_scale, fidelity)``; prefer :func:`blackbox_matching`.
+    """
+
+    @staticmethod
+    def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity):
+        problem = prepare_problem(unary, quadratic, edges_a, edges_b)
+        matching64 = solve_prepared(problem, solver)
+        ctx.problem = problem  # reused by the backward solve: same graphs and quadratic costs
+        ctx.solver = solver
+        ctx.lambda_val = float(lambda_val)
+        ctx.loss_scale = loss_scale
+        ctx.fidelity = bool(fidelity)
+        ctx.matching64 = matching64
+        ctx.unary_meta = (unary.dtype, unary.device)
+        ctx.quadratic_meta = (quadratic.dtype, quadratic.device)
+        ctx.save_for_backward(edges_a, edges_b)
+        return matching64.to(device=unary.device, dtype=unary.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_matching):
+        edges_a, edges_b = ctx.saved_tensors
+        need_unary, need_quadratic = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_unary or need_quadratic):
+            return (None,) * 8
+        problem, matching = ctx.problem, ctx.matching64
+        if ctx.fidelity:
+            scale, denominator = 1.0, ctx.lambda_val + _FIDELITY_EPSILON
+        else:
+            scale, denominator = _resolve_loss_scale(ctx.loss_scale), ctx.lambda_val
+        grad = grad_matching.detach().to(device="cpu", dtype=torch.float64) / scale
+        if bool((grad == 0).all()):
+            perturbed = matching  # the solver is deterministic: same costs, same solution
+        else:
+            # problem.unary holds c (plus folded self-loop costs, which with_unary re-adds)
+            base = problem.unary if problem.loop_unary is None else problem.unary - problem.loop_unary
+            perturbed = solve_prepared(problem.with_unary(base + ctx.lambda_val * grad), ctx.solver)
+        grad_unary = grad_quadratic = None
+        if need_unary:
+            grad_unary = (-(matching - perturbed) / denominator * scale).to(*_flip(ctx.unary_meta))
+        if need_quadratic:
+            ea, eb = edges_a.to("cpu"), edges_b.to("cpu")
+            pairs = edge_pair_indicator(matching, ea, eb) - edge_pair_indicator(perturbed, ea, eb)
+            grad_quadratic = (-pairs / denominator * scale).to(*_flip(ctx.quadratic_meta))
+        ctx.problem = ctx.matching64 = None
+        return grad_unary, grad_quadratic, None, None, None, None, None, None
+
+
+def _flip(meta: tuple[torch.dtype, torch.device]) -> tuple[torch.device, torch.dtype]:
+    dtype, device = meta
+    return device, dtype
+
+
+def blackbox_matching(
+    unary: Tensor,
+    quadratic: Tensor,
+    edges_a: Tensor,
+    edges_b: Tensor,
+    solver: str = DEFAULT_SOLVER,
+    lambda_val: float = 80.0,
+    loss_scale: LossScale = None,
+    fidelity: bool = False,
+) -> Tensor:
+    """Differentiable (black-box) graph matching; shapes as :func:`solve_graph_matching`.
+
+    ``loss_scale``: the AMP loss scale the incoming gradient carries (a number, a 0-d tensor
+    or a callable such as ``scaler.get_scale``, read at backward time); ignored when
+    ``fidelity=True``, which mimics the original's loss-scale-unaware backward.
+    """
+    if not lambda_val > 0:
+        raise ValueError(f"lambda_val must be > 0, got {lambda_val}")
+    unbatched = unary.dim() == 2
+    if unbatched:
+        unary, quadratic = unary.unsqueeze(0), quadratic.unsqueeze(0)
+        edges_a = edges_a if edges_a.dim() == 2 else edges_a.unsqueeze(0)
+        edges_b = edges_b if edges_b.dim() == 2 else edges_b.unsqueeze(0)
+    b = unary.shape[0]
+    edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
+    edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b
+    matching = BlackboxMatching.apply(unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity)
+    return matching[0] if unbatched else matching
