@@ -57,6 +57,22 @@ class ExGraMedConfig(LlamaConfig):
     im_patch_token_id: int | None = None
     im_start_token_id: int | None = None
     im_end_token_id: int | None = None
+    mm_legacy_tokenization: bool = False
+    # Multi-graph alignment (method-spec §3); the module exists only when mga_enabled.
+    mga_enabled: bool = False
+    mga_alpha: float = 1.0
+    mga_k: int = 5
+    mga_lambda: float = 80.0
+    mga_gumbel_scale: float = 0.05
+    mga_solver: str = "ipfp"
+    mga_hidden_features: int | None = None
+    mga_message_flow: str = "original"
+    mga_use_message_passing: bool = True
+    mga_fidelity: bool = False
+    mga_pooling: str = "masked"
+    mga_after_de: bool = True
+    mga_global_graph: bool = False
+    mga_seed: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.vision_config, dict):
