@@ -137,6 +137,23 @@ def tokenize_segments(
     return input_ids, labels
 
 
+_MERGE_REMOVED = ("\n", IMAGE_PATCH_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN)
+
+
+def merge_answers(answers: Sequence[str]) -> str:
+    """All answers of a sample as one text, as ``merge_sentences_preprocess`` built it (§3.1).
+
+    ``"\n"`` and the image tokens are removed and the answers joined with ``". "``; answers that
+    already end in a period therefore produce ``".. "``, exactly as in the original.
+    """
+    cleaned = []
+    for answer in answers:
+        for token in _MERGE_REMOVED:
+            answer = answer.replace(token, "")
+        cleaned.append(answer)
+    return ". ".join(cleaned)
+
+
 def postprocess_response(raw: str, mode: str = "original") -> str:
     """Answer text from generated text (§2.4).
 

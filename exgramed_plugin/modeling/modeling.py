@@ -8,17 +8,23 @@ without renaming. Unlike the original, the vision tower is a registered submodul
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
 from transformers import CLIPVisionModel, GenerationMixin, LlamaModel, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
+from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
 from .configuration import ExGraMedConfig, projector_depth
 from .dense_connector import select_vision_features
+
+logger = logging.getLogger(__name__)
+MGA_POOLINGS = ("masked", "padded")
 
 
 def build_vision_projector(config: ExGraMedConfig) -> nn.Module:
@@ -43,6 +49,8 @@ class ExGraMedCausalLMOutput(ModelOutput):
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     image_hidden_states: Tensor | None = None
+    align_loss: Tensor | None = None
+    align_terms: dict[str, Tensor] | None = None
 
 
 class ExGraMedPreTrainedModel(PreTrainedModel):
@@ -75,6 +83,14 @@ class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
         LlamaModel.__init__(self, config)
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.mm_projector = build_vision_projector(config)
+        if config.mga_enabled:
+            if config.mga_pooling not in MGA_POOLINGS:
+                raise ValueError(f"mga_pooling must be one of {MGA_POOLINGS}, got {config.mga_pooling!r}")
+            self.mga = MultiGraphAlignment(
+                in_features=config.hidden_size, hidden_features=config.mga_hidden_features, k=config.mga_k,
+                lambda_val=config.mga_lambda, gumbel_scale=config.mga_gumbel_scale, solver=config.mga_solver,
+                message_flow=config.mga_message_flow, fidelity=config.mga_fidelity,
+                use_message_passing=config.mga_use_message_passing, seed=config.mga_seed)
         self.post_init()
 
     def get_image_features(self, pixel_values: Tensor) -> Tensor:
@@ -147,6 +163,93 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         image_features = self.model.get_image_features(pixel_values)
         return self.model.splice_image_features(input_ids, inputs_embeds, image_features), image_features
 
+    # ----------------------------------------------------------------------------------------
+    # Multi-graph alignment (method-spec §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
+    # FSDP see every parameter it uses.
+
+    def image_nodes(self, input_ids: Tensor, image_features: Tensor | None) -> Tensor:
+        """Per-sample mean of the projector outputs over its image tokens ``[B, hidden]``.
+
+        A sample without an image gets the node of an all-zero image, as the original did.
+        """
+        batch = input_ids.shape[0]
+        tokens = self.config.num_image_tokens
+        images_per_sample = (input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens
+        if image_features is None or bool((images_per_sample == 0).any()):
+            zero_image = torch.zeros(1, 3, self.config.vision_config.image_size, self.config.vision_config.image_size,
+                                     device=input_ids.device)
+            zero_node = self.model.get_image_features(zero_image).mean(dim=1)[0]
+        nodes = []
+        per_image = image_features.mean(dim=1) if image_features is not None else None
+        start = 0
+        for index in range(batch):
+            count = int(images_per_sample[index])
+            if count == 0:
+                nodes.append(zero_node)
+            else:
+                nodes.append(per_image[start:start + count].mean(dim=0))
+                start += count
+        return torch.stack(nodes)
+
+    def text_nodes(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+        """Pooled LLM states (after the final norm) of the merged answers ``[N, hidden]``.
+
+        ``mga_after_de`` false pools the raw token embeddings instead; ``mga_pooling`` ``padded``
+        averages over padding too, as the original did.
+        """
+        embeds = self.model.embed_tokens(text_ids)
+        if self.config.mga_after_de:
+            hidden = self.model(inputs_embeds=embeds, attention_mask=text_mask, use_cache=False).last_hidden_state
+        else:
+            hidden = embeds
+        if self.config.mga_pooling == "padded":
+            return hidden.mean(dim=1)
+        mask = text_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def _noise_generator(self, global_graph: bool) -> torch.Generator:
+        """Seeded per step (and per rank for per-device graphs), never the global RNG."""
+        self._mga_calls = getattr(self, "_mga_calls", 0) + 1
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() and not global_graph else 0
+        seed = (self.config.mga_seed * 1_000_003 + self._mga_calls * 7919 + rank) % (2 ** 63)
+        return torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _gather_with_local_grad(nodes: Tensor) -> Tensor:
+        """All nodes of all processes; only the local slice keeps its gradient."""
+        world, rank = dist.get_world_size(), dist.get_rank()
+        sizes = [torch.zeros(1, dtype=torch.long, device=nodes.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([nodes.shape[0]], device=nodes.device))
+        largest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(largest, nodes.shape[1], dtype=nodes.dtype, device=nodes.device)
+        padded[:nodes.shape[0]] = nodes.detach()
+        gathered = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        parts = [g[:int(s.item())] for g, s in zip(gathered, sizes)]
+        parts[rank] = nodes
+        return torch.cat(parts)
+
+    def multi_graph_alignment(self, input_ids: Tensor, image_features: Tensor | None, text_ids: Tensor,
+                              text_mask: Tensor) -> MultiGraphAlignmentOutput:
+        """MGA over image, answer and extended-answer nodes; both text passes in one batch."""
+        batch = input_ids.shape[0]
+        if text_ids.shape[0] != 2 * batch:
+            raise ValueError(f"mga_text_ids has {text_ids.shape[0]} rows, expected 2 x batch = {2 * batch} "
+                             "(answers then extended answers)")
+        z_image = self.image_nodes(input_ids, image_features)
+        text = self.text_nodes(text_ids, text_mask)
+        nodes = [z_image, text[:batch], text[batch:]]
+        global_graph = bool(self.config.mga_global_graph) and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1
+        if global_graph:
+            nodes = [self._gather_with_local_grad(z) for z in nodes]
+        output = self.model.mga(*nodes, generator=self._noise_generator(global_graph),
+                                loss_scale=getattr(self, "mga_loss_scale", None))
+        if output.skipped_reason and not getattr(self, "_warned_small_batch", False):
+            logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
+            self._warned_small_batch = True
+        return output
+
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -158,6 +261,8 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         pixel_values: Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | Tensor = 0,
+        mga_text_ids: Tensor | None = None,
+        mga_text_mask: Tensor | None = None,
         **kwargs,
     ) -> ExGraMedCausalLMOutput:
         image_features = None
@@ -179,6 +284,13 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        align_loss = align_terms = None
+        if mga_text_ids is not None and self.training and hasattr(self.model, "mga"):
+            alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask)
+            align_loss = alignment.loss
+            align_terms = {f"hamming_{name}": value for name, value in alignment.hamming.items()}
+            align_terms["matching_accuracy"] = alignment.matching_accuracy
+            align_terms["mga_graph_nodes"] = torch.tensor(float(alignment.num_nodes))
         return ExGraMedCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -186,4 +298,6 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            align_loss=align_loss,
+            align_terms=align_terms,
         )

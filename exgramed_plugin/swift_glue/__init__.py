@@ -1,6 +1,7 @@
-"""Thin swift glue: model type, template and datasets (everything else lives outside swift)."""
+"""Thin swift glue: model type, template, datasets and the exgra_mga loss."""
 
 from .datasets import register_exgra_med_datasets
+from .loss import register_exgra_mga_loss
 from .model import register_exgra_med_model
 from .template import register_exgra_med_template
 
@@ -10,3 +11,4 @@ def register_all() -> None:
     register_exgra_med_template()
     register_exgra_med_model()
     register_exgra_med_datasets()
+    register_exgra_mga_loss()

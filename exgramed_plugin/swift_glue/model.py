@@ -15,6 +15,7 @@ from ..modeling.configuration import ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
 from ..modeling.processing import ExGraMedProcessor
 from ..modeling.vision import VISION_TOWER_PREFIX, checkpoint_weight_names, load_vision_tower_weights
+from .mga_settings import apply_mga_settings
 from .template import TEMPLATE_TYPE
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class ExGraMedLoader(ModelLoader):
             raise ValueError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}. Checkpoints in the "
                              "original LLaVA-Med layout (model_type 'llava') are not loadable by this version.")
         self.auto_config_cls = ExGraMedConfig
-        return ExGraMedConfig.from_pretrained(model_dir)
+        config = ExGraMedConfig.from_pretrained(model_dir)
+        apply_mga_settings(config)
+        return config
 
     def get_processor(self, model_dir: str, config) -> ExGraMedProcessor:
         if not any((Path(model_dir) / name).is_file() for name in _TOKENIZER_FILES):

@@ -13,8 +13,11 @@ from typing import Any
 from swift.template import Template, TemplateMeta, register_template
 from swift.template.template_inputs import StdTemplateInputs
 
+import torch
+
 from ..data.conversation import (IMAGE_TAG, SEPARATOR, SYSTEM_PROMPT, Segment, check_turns, image_block,
-                                 inference_prompt, postprocess_response, tokenize_segments, training_segments)
+                                 inference_prompt, merge_answers, postprocess_response, tokenize_segments,
+                                 training_segments)
 
 TEMPLATE_TYPE = "exgra_med"
 RESPONSE_MODE_ENV = "EXGRAMED_RESPONSE_MODE"
@@ -101,7 +104,41 @@ class ExGraMedTemplate(Template):
         if images:
             rgb = [image.convert("RGB") for image in images]
             encoded["pixel_values"] = self.processor.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        if self.is_training and getattr(self._model_config, "mga_enabled", False):
+            encoded.update(self._alignment_ids(messages, inputs, context))
         return encoded
+
+    def _alignment_ids(self, messages: list[dict], inputs: StdTemplateInputs, context: str) -> dict[str, list[int]]:
+        """Token ids of the merged answers and merged extended answers (§3.1), BOS first."""
+        extended = (inputs.extra_kwargs or {}).get("extended_answers")
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        if not extended:
+            raise ValueError(f"multi-graph alignment needs extended answers (conversations_long or "
+                             f"extended_answers) for every training row ({context})")
+        if len(extended) != len(answers):
+            raise ValueError(f"{len(extended)} extended answers for {len(answers)} answers ({context})")
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        limit = self.max_length or 2048
+
+        def encode(text: str) -> list[int]:
+            return (bos + self.tokenizer.encode(text, add_special_tokens=False))[:limit]
+
+        return {"merged_answer_ids": encode(merge_answers(answers)),
+                "extended_answer_ids": encode(merge_answers(extended))}
+
+    def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
+        """swift's collation plus, in training with MGA, both text-node batches as one padded
+        ``[2B, L]`` tensor (answers first, then extended answers) so the LLM runs them in one pass."""
+        result = super()._data_collator(batch, padding_to=padding_to)
+        if not batch or "merged_answer_ids" not in batch[0]:
+            return result
+        sequences = [b["merged_answer_ids"] for b in batch] + [b["extended_answer_ids"] for b in batch]
+        length = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        result["mga_text_ids"] = torch.tensor([s + [pad] * (length - len(s)) for s in sequences], dtype=torch.long)
+        result["mga_text_mask"] = torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences],
+                                               dtype=torch.long)
+        return result
 
     def decode_generate_ids(self, generate_ids, *, is_finished: bool = True, first_token=True, template_inputs=None,
                             **kwargs) -> Any:

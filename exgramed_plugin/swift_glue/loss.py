@@ -1,0 +1,90 @@
+"""The ``exgra_mga`` loss: LM loss + α · MGA loss, scaled the way swift scales the LM term.
+
+swift (with a ``compute_loss_func``) does not divide the loss by the gradient-accumulation steps and
+multiplies it by the number of processes; the LM term is ``sum / num_items_in_batch`` over all
+micro-batches and ranks. The alignment term is a per-micro-batch mean, so it is divided by
+``GA x processes`` here: summed over the micro-batches and averaged over ranks by DDP it becomes the
+mean alignment loss. With ``mga_global_graph`` every rank computes the same global loss and only
+its local nodes receive gradients, so the division by the process count is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from swift.loss import BaseLoss, loss_map
+
+from ..modeling.modeling import ExGraMedForCausalLM
+from .mga_settings import LOSS_TYPE
+
+logger = logging.getLogger(__name__)
+
+
+def _exgra_med_model(model) -> ExGraMedForCausalLM | None:
+    for module in model.modules():
+        if isinstance(module, ExGraMedForCausalLM):
+            return module
+    return None
+
+
+class ExGraMedAlignmentLoss(BaseLoss):
+    """``--loss_type exgra_mga``; logs ``lm_loss``, ``align_loss``, the Hamming terms and the accuracy."""
+
+    def __init__(self, args, trainer):
+        super().__init__(args, trainer)
+        self.model = _exgra_med_model(trainer.model) if trainer is not None else None
+        if self.model is None:
+            raise ValueError(f"--loss_type {LOSS_TYPE} needs an exgra_med model")
+        config = self.model.config
+        self.alpha = float(config.mga_alpha)
+        self.global_graph = bool(config.mga_global_graph)
+        self.model.mga_loss_scale = self._amp_loss_scale
+        mga = getattr(self.model.model, "mga", None)
+        if mga is not None and not any(p.requires_grad for p in mga.parameters()):
+            logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
+                           "--modules_to_save mga to train and save it")
+
+    def _amp_loss_scale(self) -> float | None:
+        """The GradScaler's current scale under fp16 AMP (the black-box backward divides it out)."""
+        accelerator = getattr(self.trainer, "accelerator", None)
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return float(scaler.get_scale())
+
+    def _log(self, name: str, value: torch.Tensor | float) -> None:
+        if self.trainer is None or not hasattr(self.trainer, "custom_metrics"):
+            return
+        mode = "train" if self.model.training else "eval"
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()
+        self.trainer.custom_metrics[mode][name].update(value)
+
+    def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, **kwargs):
+        from swift.trainers import per_token_loss_func
+        token_loss = per_token_loss_func(outputs, labels)
+        if loss_scale is not None:
+            token_loss = token_loss * loss_scale
+        local_items = (labels[:, 1:] != -100).sum()
+        self._log("lm_loss", token_loss.sum() / local_items.clamp_min(1))
+        loss = token_loss.sum() / (local_items if num_items_in_batch is None else num_items_in_batch)
+        align_loss = getattr(outputs, "align_loss", None)
+        if align_loss is None:
+            return loss
+        self._log("align_loss", align_loss)
+        for name, value in (outputs.align_terms or {}).items():
+            self._log(name, value)
+        if num_items_in_batch is not None:
+            accumulation = getattr(self.trainer, "current_gradient_accumulation_steps", None) \
+                or self.args.gradient_accumulation_steps
+            processes = 1
+            if (getattr(self.args, "average_tokens_across_devices", False)
+                    and getattr(self.trainer, "model_accepts_loss_kwargs", False) and not self.global_graph):
+                processes = self.trainer.accelerator.num_processes
+            align_loss = align_loss / (accumulation * processes)
+        return loss + self.alpha * align_loss.to(loss.device)
+
+
+def register_exgra_mga_loss() -> None:
+    loss_map[LOSS_TYPE] = ExGraMedAlignmentLoss
