@@ -41,6 +41,28 @@ def _demo(args: argparse.Namespace) -> int:
 DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-vqa": ("exgramed_plugin.eval.eval_vqa", "main",
                  "score answers against a VQA file (original and strict metrics)"),
+    "convert": ("exgramed_plugin.modeling.checkpoint", "main",
+                "convert an original LLaVA-Med / ExGra-Med checkpoint to the plugin or llava-hf layout"),
+    "predict": ("exgramed_plugin.eval.predict", "main",
+                "batched greedy VQA answers (answers JSONL of the original, resumable)"),
+    "eval-zeroshot": ("exgramed_plugin.eval.zeroshot", "main",
+                      "OmniMedVQA zero-shot: original prompt + difflib, and option likelihood"),
+    "subset": ("exgramed_plugin.data.tools", "subset_main",
+               "reproducible id subsets (e.g. 0.1 / 0.4), consistent across stage-1/stage-2 files"),
+    "build-candidates": ("exgramed_plugin.data.tools", "build_candidates_main",
+                         "candidate.json (OPEN answers of a training file) for open accuracy"),
+    "llava-to-swift": ("exgramed_plugin.data.tools", "llava_to_swift_main",
+                       "LLaVA-Med / VQA JSON -> swift messages JSONL"),
+    "swift-to-llava": ("exgramed_plugin.data.tools", "swift_to_llava_main",
+                       "swift messages JSON(L) -> LLaVA-Med / VQA JSON"),
+    "download": ("exgramed_plugin.hub", "main",
+                 "MERGE-Group checkpoints and data from the Hugging Face hub (resumable, offline-aware)"),
+    "report": ("exgramed_plugin.eval.report", "main",
+               "Markdown/HTML report of a swift run: loss curves, eval metrics, accuracy by answer type"),
+    "eval-chat": ("exgramed_plugin.eval.chat_judge", "main",
+                  "LLaVA-Med chatbot eval with an OpenAI-compatible judge (relative score per type/domain)"),
+    "extend-captions": ("exgramed_plugin.data.extend_captions", "main",
+                        "extended answers (conversations_long) from an OpenAI-compatible LLM; resumable"),
 }
 
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REGISTER_FILE = PACKAGE_DIR / "register.py"
 DEMO_RECIPE = PACKAGE_DIR.parent / "recipes" / "demo_cpu.yaml"
+DEMO_VQA_RECIPE = PACKAGE_DIR.parent / "recipes" / "demo_cpu_vqa.yaml"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -29,7 +30,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 class DemoResult:
     checkpoint: Path
     data_dir: Path
-    train_dir: Path
+    stage2_checkpoint: Path
     trained_checkpoint: Path
     predictions: Path
     metrics_json: Path
@@ -64,9 +65,30 @@ def last_checkpoint(train_dir: Path) -> Path:
     return checkpoints[-1]
 
 
+def _train(recipe: Path, fallback_args: list[str], overrides: list[str], cwd: Path) -> None:
+    args = ["sft", str(recipe)] if recipe.is_file() else ["sft", *fallback_args]
+    run_swift(args + ["--custom_register_path", str(REGISTER_FILE), *overrides], cwd=cwd)
+
+
+def _log_losses(train_dir: Path, keys: tuple[str, ...]) -> None:
+    logs = sorted(train_dir.glob("v*-*/logging.jsonl"))
+    if not logs:
+        return
+    for line in logs[-1].read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row and "global_step/max_steps" in row:
+            logger.info("  step %-7s %s", row["global_step/max_steps"],
+                        "  ".join(f"{k} {row[k]:.4f}" for k in keys if k in row))
+
+
+_CPU_ARGS = ["--tuner_type", "full", "--torch_dtype", "float32", "--learning_rate", "0.002", "--dataloader_num_workers",
+             "0", "--check_model", "false", "--strict", "true", "--model_type", "exgra_med", "--template", "exgra_med",
+             "--save_only_model", "true", "--max_length", "512"]
+
+
 def run_demo(out_dir: str | os.PathLike, *, max_steps: int | None = None, max_new_tokens: int = 16,
              prompt_style: str = "v0") -> DemoResult:
-    """Build, train, predict and score; returns where everything was written.
+    """Build, train (stage 2 with MGA, then VQA fine-tuning), predict and score.
 
     The demo predicts with the training-format prompt (``prompt_style="v0"``): a tiny model trained
     for a minute never sees the original ``simple`` evaluation prompt and answers it with an empty
@@ -74,40 +96,43 @@ def run_demo(out_dir: str | os.PathLike, *, max_steps: int | None = None, max_ne
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stages = 5
+    stages = 6
     logger.info("[1/%d] tiny random exgra_med checkpoint", stages)
     checkpoint = make_tiny_checkpoint(out_dir / "tiny-exgra-med")
     logger.info("[2/%d] demo data from real medical images shipped in PyPI packages", stages)
     data = make_demo_data(out_dir / "data")
-    logger.info("[3/%d] swift sft (recipe %s)", stages, DEMO_RECIPE.name)
-    train_dir = out_dir / "sft"
-    if train_dir.exists():
-        shutil.rmtree(train_dir)
-    sft_args = ["sft"]
-    if DEMO_RECIPE.is_file():
-        sft_args.append(str(DEMO_RECIPE))
-    else:
-        sft_args += ["--tuner_type", "full", "--torch_dtype", "float32", "--max_steps", "120",
-                     "--per_device_train_batch_size", "8", "--learning_rate", "0.002", "--logging_steps", "10",
-                     "--dataloader_num_workers", "0", "--check_model", "false", "--strict", "true",
-                     "--model_type", "exgra_med", "--template", "exgra_med", "--save_only_model", "true"]
-    sft_args += ["--custom_register_path", str(REGISTER_FILE), "--model", str(checkpoint),
-                 "--dataset", str(data.vqa_train), str(data.alignment_train), "--output_dir", str(train_dir)]
-    if max_steps is not None:
-        sft_args += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
-    run_swift(sft_args, cwd=out_dir)
-    trained = last_checkpoint(train_dir)
-    logger.info("[4/%d] swift infer on the demo test split (EXGRAMED_PROMPT_STYLE=%s)", stages, prompt_style)
+    steps = [] if max_steps is None else ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
+
+    logger.info("[3/%d] swift sft: stage 2 with multi-graph alignment (recipe %s)", stages, DEMO_RECIPE.name)
+    stage2_dir = out_dir / "stage2"
+    shutil.rmtree(stage2_dir, ignore_errors=True)
+    _train(DEMO_RECIPE, [*_CPU_ARGS, "--loss_type", "exgra_mga", "--max_steps", "30", "--per_device_train_batch_size",
+                         "4", "--logging_steps", "5"],
+           ["--model", str(checkpoint), "--dataset", str(data.alignment_train), "--output_dir", str(stage2_dir), *steps],
+           out_dir)
+    _log_losses(stage2_dir, ("loss", "lm_loss", "align_loss", "matching_accuracy"))
+    stage2 = last_checkpoint(stage2_dir)
+
+    logger.info("[4/%d] swift sft: VQA fine-tuning (recipe %s)", stages, DEMO_VQA_RECIPE.name)
+    vqa_dir = out_dir / "vqa"
+    shutil.rmtree(vqa_dir, ignore_errors=True)
+    _train(DEMO_VQA_RECIPE, [*_CPU_ARGS, "--max_steps", "120", "--per_device_train_batch_size", "8",
+                             "--logging_steps", "10"],
+           ["--model", str(stage2), "--dataset", str(data.vqa_train), "--output_dir", str(vqa_dir), *steps], out_dir)
+    _log_losses(vqa_dir, ("loss",))
+    trained = last_checkpoint(vqa_dir)
+
+    logger.info("[5/%d] swift infer on the demo test split (EXGRAMED_PROMPT_STYLE=%s)", stages, prompt_style)
     predictions = out_dir / "predictions.jsonl"
     predictions.unlink(missing_ok=True)
     run_swift(["infer", "--model", str(trained), "--val_dataset", str(data.vqa_test), "--result_path",
                str(predictions), "--max_new_tokens", str(max_new_tokens), "--temperature", "0",
                "--max_batch_size", "8"], cwd=out_dir, env={"EXGRAMED_PROMPT_STYLE": prompt_style})
-    logger.info("[5/%d] VQA scores (original and strict metrics)", stages)
+    logger.info("[6/%d] VQA scores (original and strict metrics)", stages)
     report = evaluate_vqa(data.vqa_test, predictions, data.candidates)
     metrics_json, per_question_csv = out_dir / "metrics.json", out_dir / "per_question.csv"
     write_report(report, metrics_json, per_question_csv)
     logger.info("\n%s", format_report_table(report))
-    result = DemoResult(checkpoint, data.root, train_dir, trained, predictions, metrics_json, per_question_csv)
+    result = DemoResult(checkpoint, data.root, stage2, trained, predictions, metrics_json, per_question_csv)
     (out_dir / "demo_result.json").write_text(json.dumps({k: str(v) for k, v in result.__dict__.items()}, indent=2))
     return result

@@ -1,7 +1,8 @@
-"""Thin swift glue: model type, template, datasets and the exgra_mga loss."""
+"""Thin swift glue: model type, template, datasets, the exgra_mga loss and the exgra_vqa metric."""
 
 from .datasets import register_exgra_med_datasets
 from .loss import register_exgra_mga_loss
+from .metrics import register_exgra_vqa_metric
 from .model import register_exgra_med_model
 from .template import register_exgra_med_template
 
@@ -12,3 +13,4 @@ def register_all() -> None:
     register_exgra_med_model()
     register_exgra_med_datasets()
     register_exgra_mga_loss()
+    register_exgra_vqa_metric()

@@ -25,6 +25,7 @@ from ..data.formats import EXTRA_COLUMNS, row_to_standard
 DATA_ROOT_ENV = "EXGRAMED_DATA_ROOT"
 DEMO_DIR_ENV = "EXGRAMED_DEMO_DIR"
 DEFAULT_DEMO_DIR = "~/.cache/exgramed/demo_data"
+DEFAULT_DATA_ROOT = "~/exgramed_data"  # where `exgramed download` places the data by default
 _SNIFF_BYTES = 65536
 _OUR_FORMAT = re.compile(r'"(conversations|conversatons)"\s*:|"extended_answers"\s*:')
 _MESSAGES_WITH_IMAGES = (re.compile(r'"messages"\s*:'), re.compile(r'"images?"\s*:'))
@@ -121,7 +122,7 @@ class NamedDatasetLoader(DatasetLoader):
         return self._load_dataset_path(path, dataset_meta=meta)
 
 
-def _named(name: str, relative_path: str, root_env: str = DATA_ROOT_ENV, default_root: str | None = None,
+def _named(name: str, relative_path: str, root_env: str = DATA_ROOT_ENV, default_root: str | None = DEFAULT_DATA_ROOT,
            help_text: str = "") -> NamedDatasetMeta:
     return NamedDatasetMeta(
         dataset_name=name, ms_dataset_id=f"exgramed/{name}", hf_dataset_id=f"exgramed/{name}",

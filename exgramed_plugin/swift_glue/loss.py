@@ -33,24 +33,28 @@ class ExGraMedAlignmentLoss(BaseLoss):
 
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
-        self.model = _exgra_med_model(trainer.model) if trainer is not None else None
-        if self.model is None:
-            raise ValueError(f"--loss_type {LOSS_TYPE} needs an exgra_med model")
-        config = self.model.config
-        self.alpha = float(config.mga_alpha)
-        self.global_graph = bool(config.mga_global_graph)
-        self.model.mga_loss_scale = self._amp_loss_scale
-        mga = getattr(self.model.model, "mga", None)
-        if mga is not None and not any(p.requires_grad for p in mga.parameters()):
-            logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
-                           "--modules_to_save mga to train and save it")
+        self.model: ExGraMedForCausalLM | None = None  # found on the first call: the trainer sets .model later
 
-    def _amp_loss_scale(self) -> float | None:
-        """The GradScaler's current scale under fp16 AMP (the black-box backward divides it out)."""
+    def _setup(self) -> ExGraMedForCausalLM:
+        if self.model is None:
+            self.model = _exgra_med_model(self.trainer.model)
+            if self.model is None:
+                raise ValueError(f"--loss_type {LOSS_TYPE} needs an exgra_med model")
+            self.alpha = float(self.model.config.mga_alpha)
+            self.global_graph = bool(self.model.config.mga_global_graph)
+            self.model.mga_loss_scale = self._amp_loss_scale
+            mga = getattr(self.model.model, "mga", None)
+            if mga is not None and not any(p.requires_grad for p in mga.parameters()):
+                logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
+                               "--modules_to_save mga to train and save it")
+        return self.model
+
+    def _amp_loss_scale(self) -> float:
+        """The GradScaler's current scale under fp16 AMP, else 1 (the black-box backward divides it out)."""
         accelerator = getattr(self.trainer, "accelerator", None)
         scaler = getattr(accelerator, "scaler", None)
         if scaler is None or not scaler.is_enabled():
-            return None
+            return 1.0
         return float(scaler.get_scale())
 
     def _log(self, name: str, value: torch.Tensor | float) -> None:
@@ -63,6 +67,7 @@ class ExGraMedAlignmentLoss(BaseLoss):
 
     def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, **kwargs):
         from swift.trainers import per_token_loss_func
+        self._setup()
         token_loss = per_token_loss_func(outputs, labels)
         if loss_scale is not None:
             token_loss = token_loss * loss_scale

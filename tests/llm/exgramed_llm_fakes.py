@@ -1,0 +1,93 @@
+"""A recorded-reply OpenAI-compatible server for the LLM tool tests (stdlib, 127.0.0.1, free port).
+
+Not a test module: imported by tests/llm/test_*.py (pytest puts this folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# responder(request_json) -> (HTTP status, reply content string) or (status, raw body bytes)
+Responder = Callable[[dict[str, Any]], tuple[int, "str | bytes"]]
+
+
+def completion(content: str, model: str = "recorded") -> dict[str, Any]:
+    return {"id": "chatcmpl-recorded", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+class RecordedServer:
+    """Serves ``/v1/chat/completions`` from ``responder`` and records every request body."""
+
+    def __init__(self, responder: Responder, delay: float = 0.0) -> None:
+        self.responder = responder
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "recorded"}]}).encode())
+                else:
+                    self._send(404, b'{"error": "not found"}')
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                payload = json.loads(self.rfile.read(length))
+                with owner._lock:
+                    owner.requests.append(payload)
+                    owner.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, b'{"error": "not found"}')
+                    return
+                if owner.delay:
+                    time.sleep(owner.delay)
+                status, reply = owner.responder(payload)
+                if isinstance(reply, bytes):
+                    self._send(status, reply)
+                elif status == 200:
+                    self._send(200, json.dumps(completion(reply, payload.get("model", "recorded"))).encode())
+                else:
+                    self._send(status, json.dumps({"error": {"message": reply}}).encode())
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> RecordedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def user_payload(request: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object sent as the user message by extend-captions."""
+    return json.loads(request["messages"][-1]["content"])

@@ -1,0 +1,335 @@
+"""Training with multi-graph alignment: settings, template ids, model nodes, loss scaling, CLI runs."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DATA_TEMPLATES, REPO_ROOT
+from exgramed_plugin.data.conversation import merge_answers
+from exgramed_plugin.modeling.configuration import ExGraMedConfig
+from exgramed_plugin.swift_glue.mga_settings import apply_mga_settings, requested_loss_type
+
+SWIFT = str(Path(sys.executable).parent / "swift")
+REGISTER = str(REPO_ROOT / "exgramed_plugin" / "register.py")
+
+
+# ------------------------------------------------------------------------------------------------
+# settings and text merging
+
+def test_merge_answers_like_the_original():
+    # §3.1: "\n" and image tokens removed (not replaced), joined with ". " (so "." + ". " gives "..")
+    assert merge_answers(["A CT scan.", "The\nliver<im_patch>."]) == "A CT scan.. Theliver."
+    assert merge_answers(["yes"]) == "yes"
+
+
+def test_settings_from_environment_and_loss_type():
+    config = ExGraMedConfig()
+    apply_mga_settings(config, environ={"MGA_ALPHA": "0.5", "MGA_K": "3", "MGA_POOLING": "padded",
+                                        "MGA_FIDELITY": "true"}, argv=["sft.py", "--loss_type", "exgra_mga"])
+    assert (config.mga_alpha, config.mga_k, config.mga_pooling, config.mga_fidelity) == (0.5, 3, "padded", True)
+    assert config.mga_enabled
+    apply_mga_settings(config, environ={"MGA_ALPHA": "0"}, argv=["--loss_type=exgra_mga"])
+    assert not config.mga_enabled  # α = 0: plain LLaVA-Med training, no module, no extra forward
+    apply_mga_settings(config, environ={}, argv=["--loss_type", "cross_entropy"])
+    assert not config.mga_enabled
+    assert requested_loss_type(["x", "--loss_type=exgra_mga"]) == "exgra_mga"
+    with pytest.raises(ValueError, match="MGA_K"):
+        apply_mga_settings(config, environ={"MGA_K": "five"}, argv=[])
+
+
+# ------------------------------------------------------------------------------------------------
+# template and model
+
+@pytest.fixture(scope="module")
+def mga_setup(registered, tiny_checkpoint):
+    from swift.model import get_processor
+    from swift.template import get_template
+
+    from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
+    config = ExGraMedConfig.from_pretrained(tiny_checkpoint)
+    config.mga_enabled = True
+    torch.manual_seed(0)
+    model = ExGraMedForCausalLM.from_pretrained(tiny_checkpoint, config=config).train()
+    template = get_template(get_processor(str(tiny_checkpoint)))
+    template.config = config
+    template.config = model.config
+    return model, template, model.config
+
+
+def _rows():
+    from exgramed_plugin.data.formats import row_to_standard
+    source = DATA_TEMPLATES / "llava_med_instruct.json"
+    return [row_to_standard(r, str(source)) for r in json.loads(source.read_text())]
+
+
+def test_template_emits_alignment_ids_only_in_training(mga_setup):
+    model, template, config = mga_setup
+    rows = _rows()
+    template.set_mode("train")
+    encoded = template.encode(rows[0])
+    tok = template.tokenizer
+    answers = [m["content"] for m in rows[0]["messages"] if m["role"] == "assistant"]
+    expected = [tok.bos_token_id] + tok.encode(merge_answers(answers), add_special_tokens=False)
+    assert encoded["merged_answer_ids"] == expected
+    assert encoded["extended_answer_ids"][0] == tok.bos_token_id
+    batch = template.data_collator([template.encode(r) for r in rows])
+    assert batch["mga_text_ids"].shape[0] == 2 * len(rows)
+    assert batch["mga_text_mask"][0].sum() == len(expected)
+    assert batch["mga_text_ids"][0, :len(expected)].tolist() == expected
+    template.set_mode("transformers")
+    assert "merged_answer_ids" not in template.encode(rows[0])
+
+
+def test_missing_extended_answers_is_an_error(mga_setup):
+    _, template, _ = mga_setup
+    row = dict(_rows()[0], extended_answers=None, id="r9")
+    template.set_mode("train")
+    with pytest.raises(ValueError, match="r9"):
+        template.encode(row)
+
+
+def test_forward_returns_alignment_loss_with_gradients(mga_setup):
+    model, template, _ = mga_setup
+    template.set_mode("train")
+    batch = template.data_collator([template.encode(r) for r in _rows()])
+    model.zero_grad()
+    out = model(**batch)
+    assert torch.isfinite(out.align_loss) and out.align_loss.requires_grad
+    assert {"matching_accuracy", "hamming_image_to_bary", "mga_graph_nodes"} <= set(out.align_terms)
+    assert out.align_terms["mga_graph_nodes"] == 3
+    out.align_loss.backward()
+    assert model.model.mga.gnn.conv1.lin_rel.weight.grad.abs().sum() > 0
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # through the text passes
+
+
+def test_text_node_pooling(mga_setup):
+    model, _, config = mga_setup
+    ids = torch.tensor([[2, 100, 200, 300], [2, 400, 32000, 32000]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        hidden = model.model(inputs_embeds=model.model.embed_tokens(ids), attention_mask=mask).last_hidden_state
+        masked = model.text_nodes(ids, mask)
+        torch.testing.assert_close(masked[1], hidden[1, :2].mean(0))
+        config.mga_pooling = "padded"
+        torch.testing.assert_close(model.text_nodes(ids, mask)[1], hidden[1].mean(0))
+        config.mga_after_de = False
+        torch.testing.assert_close(model.text_nodes(ids, mask)[0], model.model.embed_tokens(ids[0]).mean(0))
+    config.mga_pooling, config.mga_after_de = "masked", True
+
+
+def test_batch_of_one_gives_zero_loss_and_warns_once(mga_setup, caplog):
+    model, template, _ = mga_setup
+    template.set_mode("train")
+    batch = template.data_collator([template.encode(_rows()[0])])
+    model._warned_small_batch = False
+    with caplog.at_level(logging.WARNING):
+        first = model(**batch)
+        model(**batch)
+    assert float(first.align_loss.detach()) == 0.0 and first.align_loss.requires_grad
+    assert sum("alignment loss is zero" in r.message for r in caplog.records) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# loss scaling (a fake trainer: the numbers are worked out by hand)
+
+class _Metric:
+    def __init__(self):
+        self.values = []
+
+    def update(self, value):
+        self.values.append(float(value))
+
+
+def _loss_fn(model, *, accumulation=1, processes=1, accepts=True, scale=None):
+    from collections import defaultdict
+
+    from exgramed_plugin.swift_glue.loss import ExGraMedAlignmentLoss
+    scaler = None if scale is None else SimpleNamespace(is_enabled=lambda: True, get_scale=lambda: scale)
+    trainer = SimpleNamespace(model=model, current_gradient_accumulation_steps=accumulation,
+                              model_accepts_loss_kwargs=accepts,
+                              accelerator=SimpleNamespace(num_processes=processes, scaler=scaler),
+                              custom_metrics={"train": defaultdict(_Metric), "eval": defaultdict(_Metric)})
+    args = SimpleNamespace(gradient_accumulation_steps=accumulation, average_tokens_across_devices=True)
+    return ExGraMedAlignmentLoss(args, trainer), trainer
+
+
+def _fake_outputs(vocab=8):
+    logits = torch.zeros(1, 3, vocab)  # uniform: per-token CE = log(vocab)
+    return SimpleNamespace(logits=logits, align_loss=torch.tensor(0.6),
+                           align_terms={"matching_accuracy": torch.tensor(0.25)}), torch.tensor([[-100, 1, 2]])
+
+
+@pytest.mark.parametrize("accumulation, processes, global_graph, divisor", [
+    (1, 1, False, 1), (2, 1, False, 2), (2, 2, False, 4), (2, 2, True, 2)])
+def test_alignment_term_is_scaled_like_swift_scales_the_lm_term(mga_setup, accumulation, processes, global_graph,
+                                                                 divisor):
+    model, _, config = mga_setup
+    config.mga_global_graph = global_graph
+    loss_fn, trainer = _loss_fn(model, accumulation=accumulation, processes=processes)
+    outputs, labels = _fake_outputs()
+    lm = torch.log(torch.tensor(8.0))
+    total = loss_fn(outputs, labels, num_items_in_batch=torch.tensor(4))
+    config.mga_global_graph = False
+    # 2 local tokens of 4 in the whole step; alpha = 1
+    torch.testing.assert_close(total, 2 * lm / 4 + 0.6 / divisor)
+    metrics = trainer.custom_metrics["train"]
+    assert metrics["lm_loss"].values == pytest.approx([float(lm)])
+    assert metrics["align_loss"].values == pytest.approx([0.6])
+    assert metrics["matching_accuracy"].values == pytest.approx([0.25])
+
+
+def test_fp16_loss_scale_reaches_the_blackbox(mga_setup):
+    model, _, _ = mga_setup
+    loss_fn, _ = _loss_fn(model, scale=1024.0)
+    outputs, labels = _fake_outputs()
+    loss_fn(outputs, labels, num_items_in_batch=torch.tensor(2))
+    assert model.mga_loss_scale() == 1024.0
+    loss_fn, _ = _loss_fn(model)
+    loss_fn(outputs, labels)
+    assert model.mga_loss_scale() == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# global graph across two processes (gloo)
+
+def _global_graph_worker(rank: int, port: int, result_dir: str) -> None:
+    import torch.distributed as dist
+
+    from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    local = torch.full((3 if rank == 0 else 2, 4), float(rank + 1), requires_grad=True)
+    gathered = ExGraMedForCausalLM._gather_with_local_grad(local)
+    (gathered * torch.arange(gathered.shape[0], dtype=torch.float32)[:, None]).sum().backward()
+    Path(result_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"rows": gathered.shape[0], "first_col": gathered[:, 0].tolist(), "grad": local.grad[:, 0].tolist()}))
+    dist.destroy_process_group()
+
+
+def test_global_graph_gathers_all_nodes_with_local_gradients(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_global_graph_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["rows"] == r1["rows"] == 5  # 3 + 2 nodes: one graph over the global batch
+    assert r0["first_col"] == r1["first_col"] == [1, 1, 1, 2, 2]
+    assert r0["grad"] == [0, 1, 2] and r1["grad"] == [3, 4]  # each rank: gradient of its own rows only
+
+
+# ------------------------------------------------------------------------------------------------
+# through swift's CLI
+
+COMMON = ["--tuner_type", "full", "--torch_dtype", "float32", "--learning_rate", "1e-4", "--logging_steps", "1",
+          "--max_length", "512", "--dataloader_num_workers", "0", "--check_model", "false", "--report_to", "none",
+          "--strict", "true", "--seed", "7"]
+
+
+def _sft(args, cwd, env_extra=None, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
+    result = subprocess.run([SWIFT, "sft", "--custom_register_path", REGISTER, *COMMON, *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"swift sft failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def _logs(output_dir: Path) -> list[dict]:
+    path = sorted(output_dir.glob("v*-*/logging.jsonl"))[-1]
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from exgramed_plugin.data.demo_data import make_demo_data
+    return make_demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def mga_run(tiny_checkpoint, demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mga_run")
+    _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
+          "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_steps", "3", "--output_dir", str(out)],
+         cwd=out)
+    return out
+
+
+def test_three_step_mga_run_logs_both_terms(mga_run):
+    logs = _logs(mga_run)
+    assert len(logs) == 3
+    for row in logs:
+        for key in ("loss", "lm_loss", "align_loss", "matching_accuracy", "hamming_text_to_bary"):
+            assert key in row and row[key] == row[key] and abs(row[key]) < 1e6  # finite
+        assert row["loss"] == pytest.approx(row["lm_loss"] + row["align_loss"], rel=0.05)
+
+
+def test_checkpoint_carries_the_gnn_and_loads_it_bit_for_bit(registered, mga_run, monkeypatch):
+    checkpoint = sorted(mga_run.glob("v*-*/checkpoint-3"))[-1]
+    stored = load_file(str(checkpoint / "model.safetensors"))
+    gnn_keys = [k for k in stored if k.startswith("model.mga.gnn.")]
+    assert "model.mga.gnn.conv1.lin_rel.weight" in gnn_keys and "model.mga.gnn.conv2.lin_root.weight" in gnn_keys
+    monkeypatch.setenv("MGA_ENABLED", "1")
+    from swift.model import get_model_processor
+    model, _ = get_model_processor(str(checkpoint), torch_dtype=torch.float32)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], stored[k]) for k in gnn_keys)
+
+
+def test_resume_from_checkpoint_continues(mga_run, tiny_checkpoint, demo_data, tmp_path):
+    checkpoint = sorted(mga_run.glob("v*-*/checkpoint-3"))[-1]
+    _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
+          "--per_device_train_batch_size", "4", "--max_steps", "4", "--save_steps", "4",
+          "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "resumed")], cwd=tmp_path)
+    logs = _logs(tmp_path / "resumed")
+    assert [r["global_step/max_steps"] for r in logs] == ["4/4"]
+    assert "align_loss" in logs[0]
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_checkpoint, demo_data, tmp_path):
+    common = ["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type",
+              "exgra_mga", "--max_steps", "1", "--save_strategy", "no", "--dataset_shuffle", "false",
+              "--train_dataloader_shuffle", "false"]
+    _sft(common + ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+                   "--output_dir", str(tmp_path / "ga1")], cwd=tmp_path)
+    _sft(common + ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                   "--output_dir", str(tmp_path / "ga2")], cwd=tmp_path)
+    one, two = _logs(tmp_path / "ga1")[0], _logs(tmp_path / "ga2")[0]
+    # same samples, same weights: the LM term agrees closely; the alignment term is a per-graph
+    # Hamming fraction (graphs of 4 vs 2 nodes), so it agrees only in scale.
+    assert two["lm_loss"] == pytest.approx(one["lm_loss"], rel=0.02)
+    assert 0 <= two["align_loss"] <= 2 and 0 <= one["align_loss"] <= 2
+    assert two["loss"] - two["lm_loss"] == pytest.approx(two["align_loss"], abs=0.05)
+    assert one["loss"] - one["lm_loss"] == pytest.approx(one["align_loss"], abs=0.05)
+
+
+def test_alpha_zero_is_plain_training_without_the_module(tiny_checkpoint, demo_data, tmp_path):
+    _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
+          "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_steps", "1",
+          "--output_dir", str(tmp_path / "a0")], cwd=tmp_path, env_extra={"MGA_ALPHA": "0"})
+    logs = _logs(tmp_path / "a0")
+    assert "lm_loss" in logs[0] and "align_loss" not in logs[0]
+    stored = load_file(str(sorted((tmp_path / "a0").glob("v*-*/checkpoint-1"))[-1] / "model.safetensors"))
+    assert not any(k.startswith("model.mga.") for k in stored)
+
+
+def test_two_process_cpu_run(tiny_checkpoint, demo_data, tmp_path):
+    result = _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type",
+                   "exgra_mga", "--per_device_train_batch_size", "3", "--max_steps", "2", "--save_strategy", "no",
+                   "--ddp_backend", "gloo", "--output_dir", str(tmp_path / "ddp")], cwd=tmp_path,
+                  env_extra={"NPROC_PER_NODE": "2", "MASTER_PORT": "29641"}, check=False)
+    logs = _logs(tmp_path / "ddp")
+    assert len(logs) == 2, result.stderr[-3000:]
+    # swift all-gathers the metric names of every rank before logging: both ranks logged these keys
+    assert {"lm_loss", "align_loss", "matching_accuracy"} <= set(logs[-1])
+    assert "world_size: 2" in result.stdout + result.stderr
