@@ -75,8 +75,9 @@ def test_missing_image_stops_training_naming_file_row_and_field(tiny_checkpoint,
 
 
 def test_recipe_runs_through_swift_sft_yaml(tiny_checkpoint, tmp_path):
+    # demo_cpu.yaml trains with --loss_type exgra_mga: it needs extended answers
     run(["sft", "recipes/demo_cpu.yaml", "--model", str(tiny_checkpoint), "--dataset",
-         str(DATA_TEMPLATES / "vqa.json"), "--max_steps", "1", "--save_steps", "1", "--output_dir",
+         str(DATA_TEMPLATES / "llava_med_instruct.json"), "--max_steps", "1", "--save_steps", "1", "--output_dir",
          str(tmp_path / "out"), "--report_to", "none"], cwd=REPO_ROOT)
     assert (checkpoint_in(tmp_path / "out") / "model.safetensors").is_file()
 

@@ -31,6 +31,7 @@ class ExGraMedConfig(LlamaConfig):
         vision_config: CLIP vision tower config (dict or ``CLIPVisionConfig``).
         mm_vision_tower: where the vision weights come from when the checkpoint does not bundle
             them: a local CLIP directory or a hub id (§1.3).
+        mm_vision_tower_type: ``clip`` (transformers CLIP) or ``open_clip`` (BiomedCLIP, §1.3).
         mm_hidden_size: projector input width; ``vision hidden`` or ``3 * vision hidden`` for the
             ``sci``/``dci`` dense connectors (§1.4).
         mm_projector_type: ``linear``, ``identity`` or ``mlp<N>x_gelu`` (§1.5).
@@ -47,6 +48,7 @@ class ExGraMedConfig(LlamaConfig):
 
     vision_config: dict | CLIPVisionConfig | None = None
     mm_vision_tower: str | None = None
+    mm_vision_tower_type: str = "clip"
     mm_hidden_size: int | None = None
     mm_projector_type: str = "mlp2x_gelu"
     mm_vision_select_layer: int = -2

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch import distributed as dist
-from transformers import CLIPVisionModel, GenerationMixin, LlamaModel, PreTrainedModel
+from transformers import GenerationMixin, LlamaModel, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
 from .configuration import ExGraMedConfig, projector_depth
+from .biomedclip import OpenClipVisionTower, biomed_dense_features
 from .dense_connector import select_vision_features
+from .vision import build_vision_tower
 
 logger = logging.getLogger(__name__)
 MGA_POOLINGS = ("masked", "padded")
@@ -81,7 +83,7 @@ class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
 
     def __init__(self, config: ExGraMedConfig):
         LlamaModel.__init__(self, config)
-        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.vision_tower = build_vision_tower(config)
         self.mm_projector = build_vision_projector(config)
         if config.mga_enabled:
             if config.mga_pooling not in MGA_POOLINGS:
@@ -102,8 +104,12 @@ class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
         pixel_values = pixel_values.to(self.vision_tower.dtype)
         with torch.set_grad_enabled(tower_trainable and torch.is_grad_enabled()):
             outputs = self.vision_tower(pixel_values, output_hidden_states=True)
-            features = select_vision_features(
-                outputs.hidden_states, self.config.mm_vision_select_layer, self.config.mm_dense_connector_type)
+            if isinstance(self.vision_tower, OpenClipVisionTower):
+                features = biomed_dense_features(outputs.hidden_states, self.config.mm_vision_select_layer,
+                                                 self.config.mm_dense_connector_type, self.config.num_l)
+            else:
+                features = select_vision_features(
+                    outputs.hidden_states, self.config.mm_vision_select_layer, self.config.mm_dense_connector_type)
         return self.mm_projector(features.to(self.mm_projector_dtype))
 
     @property

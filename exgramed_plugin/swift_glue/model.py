@@ -11,6 +11,7 @@ from swift.model import Model, ModelGroup, ModelLoader, ModelMeta, register_mode
 from swift.model.model_arch import MultiModelKeys, register_model_arch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from ..modeling.checkpoint import OriginalCheckpoint, is_original_checkpoint
 from ..modeling.configuration import ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
 from ..modeling.processing import ExGraMedProcessor
@@ -34,28 +35,49 @@ EXGRA_MED_ARCH = MultiModelKeys(
 
 
 class ExGraMedLoader(ModelLoader):
-    """Loads the plugin layout; never trusts ``model_type`` strings it did not write itself."""
+    """Loads the plugin layout and the original LLaVA-Med layout of the published checkpoints.
+
+    It never trusts a ``model_type`` string it did not write itself: ``exgra_med`` configs are ours,
+    and a ``llava`` config is only accepted in the original flat LLaVA-Med form (§1.8), read
+    without ``AutoConfig``.
+    """
+
+    _original: OriginalCheckpoint | None = None
 
     def get_config(self, model_dir: str) -> ExGraMedConfig:
         config_path = Path(model_dir) / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not an exgra_med checkpoint")
+        self.auto_config_cls = ExGraMedConfig
+        if is_original_checkpoint(model_dir):
+            self._original = OriginalCheckpoint.open(model_dir)
+            apply_mga_settings(self._original.config)  # stage-2 GNN weights load into model.mga when MGA is on
+            return self._original.config
         model_type = json.loads(config_path.read_text()).get("model_type")
         if model_type != MODEL_TYPE:
-            raise ValueError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}. Checkpoints in the "
-                             "original LLaVA-Med layout (model_type 'llava') are not loadable by this version.")
-        self.auto_config_cls = ExGraMedConfig
+            raise ValueError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r} or an original "
+                             "LLaVA-Med checkpoint (model_type 'llava', architectures ['LlavaLlamaForCausalLM'], mm_* "
+                             "keys at the top level)")
         config = ExGraMedConfig.from_pretrained(model_dir)
         apply_mga_settings(config)
         return config
 
     def get_processor(self, model_dir: str, config) -> ExGraMedProcessor:
+        if self._original is not None:
+            return self._original.processor()
         if not any((Path(model_dir) / name).is_file() for name in _TOKENIZER_FILES):
             raise FileNotFoundError(f"{model_dir}: no tokenizer file ({' or '.join(_TOKENIZER_FILES)})")
         return ExGraMedProcessor.from_pretrained(model_dir)
 
     def get_model(self, model_dir: str, config, processor, model_kwargs):
         self.auto_model_cls = ExGraMedForCausalLM
+        if self._original is not None:
+            self._original.config = config  # swift's _postprocess_config edits (dtype, attention) apply
+            model = self._original.load_model(**model_kwargs)
+            compat = getattr(self, "_compat_transformers5", None)
+            if compat is not None:
+                compat(model)
+            return model
         model = super().get_model(model_dir, config, processor, model_kwargs)
         override = os.environ.get(VISION_TOWER_ENV)
         bundled = any(name.startswith(VISION_TOWER_PREFIX) for name in checkpoint_weight_names(model_dir))

@@ -1,0 +1,48 @@
+"""Every recipe is a valid swift YAML: known SftArguments fields, our plugin, model type and template."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
+MGA_ENV = {"MGA_ALPHA", "MGA_K", "MGA_LAMBDA", "MGA_GUMBEL_SCALE", "MGA_POOLING", "MGA_AFTER_DE", "MGA_FIDELITY",
+           "MGA_GLOBAL_GRAPH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}
+
+
+def test_there_are_stage_finetune_and_data_efficiency_recipes():
+    names = {p.stem for p in RECIPES}
+    expected = {"stage1_alignment", "stage2_exgramed", "stage2_llava_med", "stage2_exgramed_zero2",
+                "stage2_exgramed_zero3", "demo_cpu", "demo_cpu_vqa"}
+    expected |= {f"finetune_{d}{v}" for d in ("vqa_rad", "slake", "pathvqa") for v in ("", "_dci")}
+    expected |= {f"{s}_{p}" for s in ("stage1_alignment", "stage2_exgramed", "stage2_llava_med") for p in (10, 40)}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_keys_are_swift_arguments(recipe: Path):
+    from swift.arguments import SftArguments
+    fields = {f.name for f in dataclasses.fields(SftArguments)}
+    content = yaml.safe_load(recipe.read_text())
+    env = content.pop("ENV", {})
+    unknown = set(content) - fields
+    assert not unknown, f"{recipe.name}: not swift arguments: {sorted(unknown)}"
+    assert set(env) <= MGA_ENV, f"{recipe.name}: unknown ENV keys {set(env) - MGA_ENV}"
+    assert content["custom_register_path"] == "exgramed_plugin/register.py"
+    assert content["model_type"] == "exgra_med" and content["template"] == "exgra_med"
+    assert content["freeze_vit"] is True
+
+
+def test_stage_hyper_parameters_follow_the_original_scripts():
+    load = lambda name: yaml.safe_load((REPO_ROOT / "recipes" / f"{name}.yaml").read_text())  # noqa: E731
+    stage1, stage2, baseline = load("stage1_alignment"), load("stage2_exgramed"), load("stage2_llava_med")
+    assert (stage1["learning_rate"], stage1["num_train_epochs"], stage1["freeze_llm"]) == (0.002, 1, True)
+    assert (stage2["learning_rate"], stage2["num_train_epochs"], stage2["loss_type"]) == (0.00002, 3, "exgra_mga")
+    assert stage2["torch_dtype"] == "float16" and stage2["per_device_train_batch_size"] == 16
+    assert baseline["ENV"]["MGA_ALPHA"] == "0" and stage2["ENV"]["MGA_ALPHA"] == "1.0"
+    assert load("finetune_slake_dci")["num_train_epochs"] == 18 and load("finetune_pathvqa")["learning_rate"] == 3e-5
+    assert load("stage2_exgramed_10")["dataset"] == "llava_med_instruct_10"
+    assert load("stage2_exgramed_zero3")["deepspeed"] == "zero3"
