@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.eval.eval_vqa import load_answers
+from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
 from exgramed_plugin.openai_client import (
     DEFAULT_API_KEY_ENV,
     ChatClient,
@@ -136,11 +136,6 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _ids(ids: Sequence[str]) -> str:
-    more = f", ... ({len(ids) - MAX_ERROR_LIST} more)" if len(ids) > MAX_ERROR_LIST else ""
-    return f"{len(ids)} id(s): [{', '.join(repr(i) for i in ids[:MAX_ERROR_LIST])}{more}]"
-
-
 def build_questions(questions_path: str | Path, answers_path: str | Path,
                     context_style: str = "original") -> list[ChatQuestion]:
     """Pair answers with questions by ``question_id`` (not by line order as the original) and build
@@ -154,18 +149,9 @@ def build_questions(questions_path: str | Path, answers_path: str | Path,
             raise ValueError(f"{questions_path}: question {number}: missing field(s) {missing}")
     question_ids = [str(q["question_id"]) for q in questions]
     answer_ids = [a.id for a in answers]
-    problems = []
-    for label, ids in (("question", question_ids), ("answer", answer_ids)):
-        duplicated = [i for i, n in Counter(ids).items() if n > 1]
-        if duplicated:
-            problems.append(f"duplicated {label} {_ids(duplicated)}")
+    problems = id_pairing_problems(question_ids, answer_ids, question="question", answer="answer",
+                                   missing="no answer for", extra="answers without a question for")
     answer_by_id = {a.id: a.text for a in answers}
-    missing = [i for i in question_ids if i not in answer_by_id]
-    extra = [i for i in answer_ids if i not in set(question_ids)]
-    if missing:
-        problems.append(f"no answer for {_ids(missing)}")
-    if extra:
-        problems.append(f"answers without a question for {_ids(extra)}")
     if problems:
         raise ValueError("questions and answers do not match: " + "; ".join(problems))
     built = []

@@ -223,6 +223,25 @@ def _duplicates(ids: Sequence[str]) -> list[str]:
     return [i for i, n in Counter(ids).items() if n > 1]
 
 
+def id_pairing_problems(question_ids: Sequence[str], answer_ids: Sequence[str], *, question: str = "ground-truth",
+                        answer: str = "prediction", missing: str = "missing predictions for",
+                        extra: str = "predictions without ground truth for") -> list[str]:
+    """Duplicated, missing and extra ids between two id lists, as messages listing the ids."""
+    problems = []
+    for label, ids in ((question, question_ids), (answer, answer_ids)):
+        duplicated = _duplicates(ids)
+        if duplicated:
+            problems.append(f"duplicated {label} {_id_sample(duplicated)}")
+    answer_set, question_set = set(answer_ids), set(question_ids)
+    missing_ids = [i for i in question_ids if i not in answer_set]
+    extra_ids = [i for i in answer_ids if i not in question_set]
+    if missing_ids:
+        problems.append(f"{missing} {_id_sample(missing_ids)}")
+    if extra_ids:
+        problems.append(f"{extra} {_id_sample(extra_ids)}")
+    return problems
+
+
 def pair_by_id(
     questions: Sequence[VQAQuestion], answers: Sequence[PredictedAnswer]
 ) -> list[tuple[VQAQuestion, PredictedAnswer]]:
@@ -231,23 +250,10 @@ def pair_by_id(
     Raises ValueError naming duplicated, missing (no prediction) and extra (no ground truth) ids,
     instead of the original's order-dependent ``assert gt_ids == pred_ids``.
     """
-    problems = []
-    duplicated_gt = _duplicates([q.id for q in questions])
-    duplicated_pred = _duplicates([a.id for a in answers])
-    if duplicated_gt:
-        problems.append(f"duplicated ground-truth {_id_sample(duplicated_gt)}")
-    if duplicated_pred:
-        problems.append(f"duplicated prediction {_id_sample(duplicated_pred)}")
-    answer_by_id = {a.id: a for a in answers}
-    question_ids = {q.id for q in questions}
-    missing = [q.id for q in questions if q.id not in answer_by_id]
-    extra = [a.id for a in answers if a.id not in question_ids]
-    if missing:
-        problems.append(f"missing predictions for {_id_sample(missing)}")
-    if extra:
-        problems.append(f"predictions without ground truth for {_id_sample(extra)}")
+    problems = id_pairing_problems([q.id for q in questions], [a.id for a in answers])
     if problems:
         raise ValueError("ground truth and predictions do not match: " + "; ".join(problems))
+    answer_by_id = {a.id: a for a in answers}
     return [(q, answer_by_id[q.id]) for q in questions]
 
 
