@@ -333,3 +333,33 @@ def test_two_process_cpu_run(tiny_checkpoint, demo_data, tmp_path):
     # swift all-gathers the metric names of every rank before logging: both ranks logged these keys
     assert {"lm_loss", "align_loss", "matching_accuracy"} <= set(logs[-1])
     assert "world_size: 2" in result.stdout + result.stderr
+
+
+def test_lora_keeps_the_gnn_trainable_with_modules_to_save(registered, tiny_checkpoint, monkeypatch):
+    from swift.arguments import SftArguments
+    from swift.pipelines.train.tuner import TunerMixin
+    monkeypatch.setenv("MGA_ENABLED", "1")
+    args = SftArguments(model=str(tiny_checkpoint), dataset=[str(DATA_TEMPLATES / "llava_med_instruct.json")],
+                        check_model=False, torch_dtype="float32", output_dir="/tmp/exgramed-unused",
+                        tuner_type="lora", target_modules=["all-linear"], modules_to_save=["mga"])
+    model, _ = args.get_model_processor()
+    model = TunerMixin.prepare_model(args, model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".mga." in n and "conv1.lin_rel" in n for n in trainable)
+    assert any("lora_" in n for n in trainable)
+
+
+def test_bf16_forward_and_backward_with_mga(mga_setup):
+    model, template, _ = mga_setup
+    template.set_mode("train")
+    batch = template.data_collator([template.encode(r) for r in _rows()])
+    model_bf16 = model.to(torch.bfloat16)
+    try:
+        batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+        out = model_bf16(**batch)
+        assert out.align_loss is not None and torch.isfinite(out.align_loss.float())
+        (out.loss + out.align_loss).backward()
+        assert model_bf16.model.mga.gnn.conv1.lin_rel.weight.grad is not None
+    finally:
+        model.to(torch.float32)
+        model.zero_grad(set_to_none=True)
