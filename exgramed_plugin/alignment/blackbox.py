@@ -18,15 +18,17 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .solvers import DEFAULT_SOLVER, edge_pair_indicator, prepare_problem, solve_prepared
+from .solvers import DEFAULT_SOLVER, _pair_indicator_difference, prepare_problem, solve_prepared
 
 __all__ = ["BlackboxMatching", "blackbox_matching", "LossScale"]
 
 LossScale = Union[float, Tensor, Callable[[], float], None]
 _FIDELITY_EPSILON = 1e-8  # the original divides by (lambda + 1e-8)
+_NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _resolve_loss_scale(loss_scale: LossScale) -> float:
@@ -58,12 +60,10 @@ class BlackboxMatching(torch.autograd.Function):
         ctx.matching64 = matching64
         ctx.unary_meta = (unary.dtype, unary.device)
         ctx.quadratic_meta = (quadratic.dtype, quadratic.device)
-        ctx.save_for_backward(edges_a, edges_b)
         return matching64.to(device=unary.device, dtype=unary.dtype)
 
     @staticmethod
     def backward(ctx, grad_matching):
-        edges_a, edges_b = ctx.saved_tensors
         need_unary, need_quadratic = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_unary or need_quadratic):
             return (None,) * 8
@@ -83,9 +83,16 @@ class BlackboxMatching(torch.autograd.Function):
         if need_unary:
             grad_unary = (-(matching - perturbed) / denominator * scale).to(*_flip(ctx.unary_meta))
         if need_quadratic:
-            ea, eb = edges_a.to("cpu"), edges_b.to("cpu")
-            pairs = edge_pair_indicator(matching, ea, eb) - edge_pair_indicator(perturbed, ea, eb)
-            grad_quadratic = (-pairs / denominator * scale).to(*_flip(ctx.quadratic_meta))
+            # y(x) - y(x') in {-1, 0, 1}: scaling it equals -(y - y') / denominator * scale
+            dtype, device = ctx.quadratic_meta
+            factor = -1.0 / denominator * scale
+            if device.type == "cpu" and dtype in _NUMPY_FLOATS:
+                grad_quadratic = torch.from_numpy(
+                    _pair_indicator_difference(problem, matching, perturbed, factor, _NUMPY_FLOATS[dtype])
+                )
+            else:
+                pairs = _pair_indicator_difference(problem, matching, perturbed, factor)
+                grad_quadratic = torch.from_numpy(pairs).to(device=device, dtype=dtype)
         ctx.problem = ctx.matching64 = None
         return grad_unary, grad_quadratic, None, None, None, None, None, None
 

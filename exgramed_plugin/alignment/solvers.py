@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from collections.abc import Iterable
 from typing import Callable
 
 import numpy as np
@@ -66,7 +67,7 @@ _CPU = torch.device("cpu")
 class GraphMatchingProblem:
     """A batch of ``b`` equal-size problems in float64 on the CPU, plus cached lookup tables.
 
-    Assignments used by the solvers are ``[b, n]`` long tensors holding the column matched to
+    Assignments used by the solvers are ``[b, n]`` integer arrays holding the column matched to
     each row, or ``-1`` for an unassigned row. Self loops are folded in (see
     :func:`prepare_problem`), so ``quadratic`` has zero rows/columns for them.
     """
@@ -78,7 +79,7 @@ class GraphMatchingProblem:
     src_b: Tensor  # [b, E2]
     dst_b: Tensor  # [b, E2]
     loop_unary: Tensor | None = None  # self-loop pair costs folded into ``unary``
-    _cache: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)  # shared by with_unary copies (same graphs and q)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -94,73 +95,118 @@ class GraphMatchingProblem:
             unary64 = unary64 + self.loop_unary
         return replace(self, unary=unary64)
 
-    def gradient_tables(self) -> dict[str, Tensor]:
-        """Tables for the sparse evaluation of the quadratic gradient at discrete matchings.
-
-        Rows ``0..m`` of ``edges`` list B's edges entering each node (row ``m``: none), rows
-        ``m+1..2m+1`` the edges leaving it; ``columns`` holds the G column each listed edge
-        writes to (``src_b`` for G1, ``dst_b`` for G2). Pads point at a zero cost column.
-        """
-        tables = self._cache.get("gradient")
+    def tables(self) -> _Tables:
+        """Flat numpy lookup tables for the solver loops, built once per graphs + quadratic costs."""
+        tables = self._cache.get("tables")
         if tables is None:
-            b, n, m = self.shape
-            e1, e2 = self.quadratic.shape[1:]
-            in_lists = _incidence_lists(self.dst_b, m)
-            out_lists = _incidence_lists(self.src_b, m)
-            width = max(in_lists.shape[2], out_lists.shape[2])
-            in_lists = torch.nn.functional.pad(in_lists, (0, width - in_lists.shape[2]), value=e2)
-            out_lists = torch.nn.functional.pad(out_lists, (0, width - out_lists.shape[2]), value=e2)
-            pad = torch.zeros(b, 1, dtype=torch.long)
-            in_cols = torch.cat([self.src_b, pad], dim=1).gather(1, in_lists.view(b, -1)).view_as(in_lists)
-            out_cols = torch.cat([self.dst_b, pad], dim=1).gather(1, out_lists.view(b, -1)).view_as(out_lists)
-            shift = torch.tensor([0, m + 1])[None, None, :] + (torch.arange(b) * 2 * (m + 1))[:, None, None]
-            tables = {
-                "edges": torch.cat([in_lists, out_lists], 1).reshape(b * 2 * (m + 1), width),
-                "columns": torch.cat([in_cols, out_cols], 1).reshape(b * 2 * (m + 1), width),
-                # G1 reads the list of the partner of dst_a, G2 that of the partner of src_a
-                "pivot": torch.stack([self.dst_a, self.src_a], dim=2).reshape(b, 2 * e1),
-                "shift": shift.expand(b, e1, 2).reshape(b, 2 * e1),
-                # flat row offset of each (edge a, half) into the stacked [G1 | G2] output
-                "row_base": torch.stack([self.src_a * m, n * m + self.dst_a * m], dim=2)[..., None],
-                "quadratic_padded": torch.cat([self.quadratic, torch.zeros(b, e1, 1, dtype=_DTYPE)], dim=2),
-            }
-            self._cache["gradient"] = tables
-        return tables
-
-    def pair_tables(self) -> tuple[Tensor, Tensor]:
-        """``(edge_id_b [b, (m+1)^2], coalesced [b, E1, E2 + 1])`` for pair-coefficient lookups.
-
-        ``edge_id_b[j * (m+1) + l]`` is the id of B's edge ``j -> l`` (``E2`` if absent or if an
-        end is the "unassigned" index ``m``); duplicate B edges have their costs summed.
-        """
-        tables = self._cache.get("pair")
-        if tables is None:
-            b, n, m = self.shape
-            e1, e2 = self.quadratic.shape[1:]
-            key = self.src_b * (m + 1) + self.dst_b
-            ids = torch.full((b, (m + 1) * (m + 1)), e2, dtype=torch.long)
-            ids.scatter_reduce_(1, key, torch.arange(e2).expand(b, -1), reduce="amin", include_self=True)
-            canonical = ids.gather(1, key)
-            coalesced = torch.zeros(b, e1, e2 + 1, dtype=_DTYPE)
-            coalesced.scatter_add_(2, canonical[:, None, :].expand(b, e1, e2), self.quadratic)
-            tables = (ids, coalesced)
-            self._cache["pair"] = tables
+            tables = _Tables.build(self)
+            self._cache["tables"] = tables
         return tables
 
 
-def _incidence_lists(node_of_edge: Tensor, num_nodes: int) -> Tensor:
-    """``[b, num_nodes + 1, max_degree]`` edge ids per node, padded with ``E`` (row ``num_nodes`` empty)."""
-    b, num_edges = node_of_edge.shape
-    degree = torch.zeros(b, num_nodes + 1, dtype=torch.long)
-    degree.scatter_add_(1, node_of_edge, torch.ones_like(node_of_edge))
-    max_degree = max(int(degree.max()), 1)
-    order = torch.sort(node_of_edge, dim=1, stable=True).indices
-    sorted_nodes = node_of_edge.gather(1, order)
-    start = torch.cumsum(degree, dim=1) - degree
-    rank = torch.arange(num_edges).expand(b, -1) - start.gather(1, sorted_nodes)
-    table = torch.full((b, num_nodes + 1, max_degree), num_edges, dtype=torch.long)
-    table.view(b, -1).scatter_(1, sorted_nodes * max_degree + rank, order)
-    return table
+@dataclass(frozen=True)
+class _Tables:
+    """Index tables over the whole batch with every per-problem offset pre-added.
+
+    The solver loops then cost a fixed, small number of numpy calls per iteration whatever
+    ``b`` is (per-call overhead, not arithmetic, dominates at MGA sizes). Gradient part: list
+    ``(p * 2 + h) * (m+1) + j`` (``list_start``/``list_length`` into ``list_edges``) holds B's
+    edges entering (``h = 0``) or leaving (``h = 1``) node ``j`` of problem ``p`` (``j = m``:
+    none, so an unassigned row contributes nothing), ``list_columns`` the flat ``[2, n, m]``
+    column each writes to. Lists are ragged (no padding): kNN in-degrees vary a lot. Pair part:
+    ``pair_ids`` maps a B node pair ``(j, l)`` to its canonical edge id, ``pair_values`` holds
+    the costs with duplicate B edges summed.
+    """
+
+    b: int
+    n: int
+    m: int
+    list_start: np.ndarray  # [b * 2(m+1)]
+    list_length: np.ndarray  # [b * 2(m+1)]
+    list_edges: np.ndarray  # [b * 2 * E2] edge id inside its problem
+    list_columns: np.ndarray  # [b * 2 * E2]
+    pivot: np.ndarray  # [b * E1 * 2] flat row whose partner picks the list (G1: dst_a, G2: src_a)
+    shift: np.ndarray  # [b * E1 * 2] list offset of (problem, half)
+    value_base: np.ndarray  # [b * E1 * 2] offset of (problem, A edge) into ``quadratic``
+    row_base: np.ndarray  # [b * E1 * 2] flat output offset of (problem, half, row)
+    quadratic: np.ndarray  # [b * E1 * E2]
+    src_a: np.ndarray  # [b * E1] flat row index p * n + src
+    dst_a: np.ndarray  # [b * E1]
+    pair_base: np.ndarray  # [2 * b * E1] offset p * (m+1)^2 into ``pair_ids`` (twice: forward, backward)
+    pair_value_base: np.ndarray  # [2 * b * E1] offset of (problem, A edge) into ``pair_values``
+    pair_slot: np.ndarray  # [2 * b * E1] flat [2, b, n, n] index of (problem, src, dst)
+    pair_ids: np.ndarray  # [b * (m+1)^2], -1: no such B edge
+    pair_values: np.ndarray  # [b * E1 * E2]
+    canonical: np.ndarray  # [b, E2] canonical id of each B edge (itself unless duplicated)
+
+    @staticmethod
+    def build(problem: GraphMatchingProblem) -> _Tables:
+        b, n, m = problem.shape
+        src_a, dst_a = problem.src_a.numpy(), problem.dst_a.numpy()
+        src_b, dst_b = problem.src_b.numpy(), problem.dst_b.numpy()
+        e1, e2 = src_a.shape[1], src_b.shape[1]
+        problems = np.arange(b)[:, None]
+
+        # incidence lists of both halves of all problems at once: key (p, h, node)
+        keys = np.concatenate([dst_b, src_b + (m + 1)], axis=1) + 2 * (m + 1) * problems
+        written = np.concatenate([src_b, n * m + dst_b], axis=1)  # G1 column src_b, G2 dst_b
+        keys, written = keys.reshape(-1), written.reshape(-1)
+        order = np.argsort(keys, kind="stable")
+        degree = np.bincount(keys, minlength=b * 2 * (m + 1))
+
+        quadratic = np.ascontiguousarray(problem.quadratic.numpy()).reshape(-1)
+        edge_rows = np.arange(b * e1) * e2
+        # canonical id of each B node pair (p, j, l): its first edge, -1 if none
+        key = (src_b * (m + 1) + dst_b + (m + 1) ** 2 * problems).reshape(-1)
+        ids = np.full(b * (m + 1) ** 2, -1, dtype=np.int64)
+        edge_ids = np.tile(np.arange(e2), b)
+        ids[key] = edge_ids
+        canonical = ids[key]
+        if (canonical == edge_ids).all():
+            coalesced = quadratic  # no duplicate B edges (kNN graphs): nothing to sum
+        else:
+            ids.fill(e2)
+            np.minimum.at(ids, key, edge_ids)
+            ids[ids == e2] = -1
+            canonical = ids[key]
+            slots = (edge_rows.reshape(b, e1, 1) + canonical.reshape(b, 1, e2)).reshape(-1)
+            coalesced = np.bincount(slots, problem.quadratic.numpy().reshape(-1), minlength=b * e1 * e2)
+        slot = (n * n * problems + src_a * n + dst_a).reshape(-1)
+        return _Tables(
+            b=b,
+            n=n,
+            m=m,
+            list_start=np.cumsum(degree) - degree,
+            list_length=degree,
+            list_edges=order % e2 if e2 else order,
+            list_columns=written[order],
+            pivot=(np.stack([dst_a, src_a], axis=2) + n * problems[:, :, None]).reshape(-1),
+            shift=np.tile(np.array([0, m + 1]), b * e1) + 2 * (m + 1) * np.arange(b).repeat(2 * e1),
+            value_base=edge_rows.repeat(2),
+            row_base=(np.stack([src_a, dst_a], axis=2) * m + 2 * n * m * problems[:, :, None]).reshape(-1),
+            quadratic=quadratic,
+            src_a=(src_a + n * problems).reshape(-1),
+            dst_a=(dst_a + n * problems).reshape(-1),
+            pair_base=np.tile(((m + 1) ** 2 * problems).repeat(e1, axis=1).reshape(-1), 2),
+            pair_value_base=np.tile(edge_rows, 2),
+            pair_slot=np.concatenate([slot, slot + b * n * n]),
+            pair_ids=ids,
+            pair_values=coalesced,
+            canonical=canonical.reshape(b, e2),
+        )
+
+
+@lru_cache(maxsize=64)
+def _offsets(b: int, n: int, m: int) -> tuple[np.ndarray, ...]:
+    """Flat row offsets into ``[b, n, m]``, ``[b, n, m+1]``, ``[b, n, n+1]``, ``[b, m+1]``, ``[b, n+1]`` arrays,
+    and the swap mask (``inf`` on and below the diagonal); all read-only."""
+    rows = np.arange(b * n).reshape(b, n)
+    problems = np.arange(b)[:, None]
+    order_penalty = np.where(np.triu(np.ones((n, n), dtype=bool), 1), 0.0, np.inf)  # each swap once
+    tables = (rows * m, rows * (m + 1), (rows * (n + 1))[:, :, None], problems * (m + 1), problems * (n + 1), order_penalty)
+    for table in tables:
+        table.flags.writeable = False
+    return tables
 
 
 def _as_batched_edges(edges: Tensor, batch: int, name: str) -> Tensor:
@@ -169,6 +215,15 @@ def _as_batched_edges(edges: Tensor, batch: int, name: str) -> Tensor:
     if edges.dim() != 3 or edges.shape[0] != batch or edges.shape[1] != 2:
         raise ValueError(f"{name} must have shape [b, 2, E] or [2, E], got {tuple(edges.shape)}")
     return edges.to(device=_CPU, dtype=torch.long)
+
+
+def _float64_cpu(tensor: Tensor) -> Tensor:
+    """Detached float64 CPU version, converted by numpy where it can: torch's intra-op threads
+    make small conversions slow (and very slow on a busy CPU)."""
+    tensor = tensor.detach()
+    if tensor.device == _CPU and tensor.dtype in (torch.float16, torch.float32, torch.float64) and not tensor.is_neg():
+        return torch.from_numpy(tensor.numpy().astype(np.float64, copy=False))
+    return tensor.to(device=_CPU, dtype=_DTYPE)
 
 
 def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> GraphMatchingProblem:
@@ -186,20 +241,20 @@ def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: 
     e1, e2 = edges_a.shape[2], edges_b.shape[2]
     if tuple(quadratic.shape) != (b, e1, e2):
         raise ValueError(f"quadratic must have shape [b, E1, E2] = {(b, e1, e2)}, got {tuple(quadratic.shape)}")
-    if e1 and (int(edges_a.min()) < 0 or int(edges_a.max()) >= n):
+    a_nodes, b_nodes = edges_a.numpy(), edges_b.numpy()
+    if e1 and (a_nodes.min() < 0 or a_nodes.max() >= n):
         raise ValueError("edges_a holds node indices outside [0, n)")
-    if e2 and (int(edges_b.min()) < 0 or int(edges_b.max()) >= m):
+    if e2 and (b_nodes.min() < 0 or b_nodes.max() >= m):
         raise ValueError("edges_b holds node indices outside [0, m)")
-    unary64 = unary.detach().to(device=_CPU, dtype=_DTYPE)
-    quadratic64 = quadratic.detach().to(device=_CPU, dtype=_DTYPE)
-    if not bool(torch.isfinite(unary64).all()) or not bool(torch.isfinite(quadratic64).all()):
+    unary64, quadratic64 = _float64_cpu(unary), _float64_cpu(quadratic)
+    if not np.isfinite(unary64.numpy()).all() or not np.isfinite(quadratic64.numpy()).all():
         raise ValueError("graph matching costs contain NaN or infinity")
     src_a, dst_a = edges_a[:, 0].contiguous(), edges_a[:, 1].contiguous()
     src_b, dst_b = edges_b[:, 0].contiguous(), edges_b[:, 1].contiguous()
 
     loop_unary = None
-    loop_a, loop_b = src_a == dst_a, src_b == dst_b
-    if bool(loop_a.any()) or bool(loop_b.any()):
+    if (a_nodes[:, 0] == a_nodes[:, 1]).any() or (b_nodes[:, 0] == b_nodes[:, 1]).any():
+        loop_a, loop_b = src_a == dst_a, src_b == dst_b
         both = loop_a[:, :, None] & loop_b[:, None, :]
         flat = (src_a[:, :, None] * m + src_b[:, None, :]).expand(b, e1, e2)
         loop_unary = torch.zeros(b, n * m, dtype=_DTYPE)
@@ -211,7 +266,7 @@ def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: 
 
 
 # --------------------------------------------------------------------------------------------
-# objective pieces
+# objective pieces (numpy on the whole batch: a fixed number of calls per evaluation)
 # --------------------------------------------------------------------------------------------
 
 
@@ -225,29 +280,35 @@ def _to_assignment(matching: Tensor) -> Tensor:
     return torch.where(value > 0.5, column, torch.full_like(column, -1))
 
 
-def _quadratic_gradients(problem: GraphMatchingProblem, assignment: Tensor) -> tuple[Tensor, Tensor]:
-    """``G1, G2`` at a discrete matching, with ``grad = c + G1 + G2`` and ``quad(x) = <G1, x>``.
+def _gradients(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
+    """``G = [G1, G2]`` ``[b, 2, n * m]`` at a discrete matching: ``grad = c + G1 + G2``, ``quad(x) = <G1, x>``.
 
     ``G1[i, j] = sum_{a: src=i} sum_{b: src=j} q_ab x[dst_a, dst_b]`` and
     ``G2[i, j] = sum_{a: dst=i} sum_{b: dst=j} q_ab x[src_a, src_b]``. At a discrete ``x`` only
     the B edges entering (leaving) the node matched to ``dst_a`` (``src_a``) contribute, so the
     work is ``E1 x max degree`` instead of ``E1 x E2``.
     """
+    b, n, m = tables.b, tables.n, tables.m
+    matched = assignment.reshape(-1) % (m + 1)  # -1 -> m: list m is empty
+    lists = np.take(matched, tables.pivot)
+    lists += tables.shift
+    length = np.take(tables.list_length, lists)
+    end = np.cumsum(length)
+    # entry e of the concatenated lists reads list_edges[start of its list + rank in its list]
+    position = np.arange(end[-1] if len(end) else 0) + np.repeat(np.take(tables.list_start, lists) - end + length, length)
+    edges = np.take(tables.list_edges, position)
+    edges += np.repeat(tables.value_base, length)
+    target = np.take(tables.list_columns, position)
+    target += np.repeat(tables.row_base, length)
+    gradients = np.bincount(target, np.take(tables.quadratic, edges), minlength=b * 2 * n * m)
+    return gradients.astype(np.float64, copy=False).reshape(b, 2, n * m)  # bincount of nothing is int
+
+
+def _quadratic_gradients(problem: GraphMatchingProblem, assignment: Tensor) -> tuple[Tensor, Tensor]:
+    """``(G1, G2)`` ``[b, n, m]`` tensors (see :func:`_gradients`)."""
     b, n, m = problem.shape
-    e1 = problem.src_a.shape[1]
-    tables = problem.gradient_tables()
-    matched = assignment.remainder(m + 1)  # -1 -> m: row m of the lists is empty
-    rows = (matched.gather(1, tables["pivot"]) + tables["shift"]).view(-1)  # [b * E1 * 2]
-    edges = tables["edges"].index_select(0, rows).view(b, e1, -1)
-    columns = tables["columns"].index_select(0, rows).view(b, e1, 2, -1)
-    values = tables["quadratic_padded"].gather(2, edges)
-    out = torch.zeros(b, 2 * n * m, dtype=_DTYPE)
-    out.scatter_add_(1, (tables["row_base"] + columns).view(b, -1), values.view(b, -1))
-    return out[:, : n * m].view(b, n, m), out[:, n * m :].view(b, n, m)
-
-
-def _discrete_objective(problem: GraphMatchingProblem, x: Tensor, g1: Tensor) -> Tensor:
-    return ((problem.unary + g1) * x).sum(dim=(1, 2))
+    gradients = torch.from_numpy(_gradients(problem.tables(), assignment.numpy()).reshape(b, 2, n, m))
+    return gradients[:, 0], gradients[:, 1]
 
 
 def edge_pair_indicator(matching: Tensor, edges_a: Tensor, edges_b: Tensor) -> Tensor:
@@ -266,6 +327,41 @@ def edge_pair_indicator(matching: Tensor, edges_a: Tensor, edges_b: Tensor) -> T
     return ends[0] * ends[1]
 
 
+def _pair_indicator_difference(
+    problem: GraphMatchingProblem, first: Tensor, second: Tensor, scale: float = 1.0, dtype: type = np.float64
+) -> np.ndarray:
+    """``scale * (edge_pair_indicator(first) - edge_pair_indicator(second))`` ``[b, E1, E2]`` for 0/1 matchings.
+
+    ``y_ab = 1`` iff B edge ``b`` joins the partners of A edge ``a``'s ends, i.e. ``b`` has the
+    canonical id of that node pair: each A edge has at most one such B edge (unless B has
+    duplicate edges), so this writes ``b * E1`` entries instead of gathering ``[b, E1, E2]``
+    four times (the black-box backward pass calls it every step). ``scale * 1`` is rounded to
+    ``dtype`` once, as casting the float64 product would.
+    """
+    tables = problem.tables()
+    b, n, m = problem.shape
+    e1, e2 = problem.quadratic.shape[1:]
+    ids = []
+    for matching in (first, second):
+        x = matching.numpy()
+        if n and m:
+            assignment = np.where(x.max(axis=2) > 0.5, x.argmax(axis=2), -1)
+        else:
+            assignment = np.full((b, n), -1, dtype=np.int64)
+        matched = assignment.reshape(-1) % (m + 1)
+        j, l = np.take(matched, tables.src_a), np.take(matched, tables.dst_a)
+        ids.append(np.take(tables.pair_ids, j * (m + 1) + l + tables.pair_base[: j.size]))  # -1: no B edge
+    if tables.pair_values is not tables.quadratic:  # duplicate B edges: compare with every id
+        hits = [tables.canonical[:, None, :] == found.reshape(b, -1, 1) for found in ids]
+        return (np.subtract(hits[0], hits[1], dtype=np.float64) * scale).astype(dtype, copy=False)
+    result = np.zeros(b * e1 * e2, dtype=dtype)
+    value = np.asarray(scale, dtype=np.float64).astype(dtype)
+    rows = np.arange(b * e1) * e2
+    result[(rows + ids[0])[ids[0] >= 0]] = value
+    result[(rows + ids[1])[ids[1] >= 0]] -= value
+    return result.reshape(b, e1, e2)
+
+
 def matching_objective(matching: Tensor, unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> Tensor:
     """Cost of (possibly fractional) matchings ``[b, n, m]``, by the dense formula; returns ``[b]``."""
     matching = matching.to(quadratic.dtype)
@@ -278,19 +374,32 @@ def matching_objective(matching: Tensor, unary: Tensor, quadratic: Tensor, edges
 # --------------------------------------------------------------------------------------------
 
 
-def _partial_lap(cost: Tensor) -> Tensor:
-    """Min-cost partial assignment per problem: Hungarian on ``min(c, 0)``, keep ``c < 0``.
+def _lap_into(cost: np.ndarray, out: np.ndarray, problems: Iterable[int]) -> None:
+    """Min-cost partial assignments of the listed problems into ``out`` ``[b, n]`` (others untouched).
 
-    Equivalent to padding with zero-cost dummy nodes: any partial matching extends to a full
-    one on ``min(c, 0)`` at no extra cost, and dropping ``c >= 0`` pairs never costs more.
+    Hungarian on ``min(c, 0)``, then pairs with ``c >= 0`` are dropped: equivalent to padding
+    with zero-cost dummy nodes, since any partial matching extends to a full one on
+    ``min(c, 0)`` at no extra cost and dropping ``c >= 0`` pairs never costs more.
     """
     b, n, m = cost.shape
-    values = cost.numpy()
-    assignment = np.full((b, n), -1, dtype=np.int64)
-    for p in range(b):
-        rows, cols = linear_sum_assignment(np.minimum(values[p], 0.0))
-        keep = values[p, rows, cols] < 0
-        assignment[p, rows[keep]] = cols[keep]
+    clipped = np.minimum(cost, 0.0)
+    for p in problems:
+        rows, cols = linear_sum_assignment(clipped[p])
+        if len(rows) == n:  # n <= m: every row gets a column
+            out[p] = cols
+        else:
+            out[p] = -1
+            out[p, rows] = cols
+    # an unassigned row reads some entry; it stays -1 whatever that entry is
+    out[np.take(clipped, _offsets(b, n, m)[0] + out) == 0.0] = -1
+
+
+def _partial_lap(cost: Tensor) -> Tensor:
+    """:func:`_lap_into` on a float64 tensor ``[b, n, m]``; returns ``[b, n]`` long."""
+    values = np.ascontiguousarray(cost.numpy())
+    assignment = np.full(values.shape[:2], -1, dtype=np.int64)
+    if values.shape[2]:
+        _lap_into(values, assignment, range(values.shape[0]))
     return torch.from_numpy(assignment)
 
 
@@ -304,92 +413,114 @@ def solve_lap(problem: GraphMatchingProblem) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _assigned_pair_coefficients(problem: GraphMatchingProblem, assignment: Tensor) -> tuple[Tensor, Tensor]:
-    """``[b, n, n]`` matrices ``M[i, k] = W((i, p_i), (k, p_k))`` and ``N[i, k] = W((i, p_k), (k, p_i))``.
+def _pair_coefficients(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[b, n, n]`` matrices ``M[i, k] = W((i, p_i), (k, p_k))`` and ``M + N``, ``N[i, k] = W((i, p_k), (k, p_i))``.
 
     ``W(u, v)`` is the coefficient of ``x_u x_v`` in the objective. Only A's edges ``i -> k``
-    contribute, so both come from one gather per A edge (zero where a row is unassigned).
+    contribute, so both come from one lookup per A edge (zero where a row is unassigned).
     """
-    b, n, m = problem.shape
-    ids, coalesced = problem.pair_tables()
-    matched = assignment.remainder(m + 1)
-    j = matched.gather(1, problem.src_a)
-    l = matched.gather(1, problem.dst_a)
-    forward = ids.gather(1, j * (m + 1) + l)  # B edge p_i -> p_k
-    backward = ids.gather(1, l * (m + 1) + j)  # B edge p_k -> p_i
-    values = coalesced.gather(2, torch.stack([forward, backward], dim=2))  # [b, E1, 2]
-    half = torch.zeros(b, n * n, 2, dtype=_DTYPE)
-    index = (problem.src_a * n + problem.dst_a)[:, :, None].expand(b, -1, 2)
-    half.scatter_add_(1, index, values)
-    half = half.view(b, n, n, 2)
-    same, crossed = half[..., 0], half[..., 1]
-    return same + same.transpose(1, 2), crossed + crossed.transpose(1, 2)
+    b, n, m = tables.b, tables.n, tables.m
+    if not tables.pair_values.size:  # no edge pairs
+        zeros = np.zeros((b, n, n))
+        return zeros, zeros
+    matched = assignment.reshape(-1) % (m + 1)
+    j, l = np.take(matched, tables.src_a), np.take(matched, tables.dst_a)
+    # B edges p_i -> p_k (same) and p_k -> p_i (crossed), then their costs for each A edge
+    ids = np.take(tables.pair_ids, np.concatenate([j * (m + 1) + l, l * (m + 1) + j]) + tables.pair_base)
+    values = np.take(tables.pair_values, ids + tables.pair_value_base)  # id -1 reads a wrong entry ...
+    values[ids < 0] = 0.0  # ... which is cleared here
+    half = np.bincount(tables.pair_slot, values, 2 * b * n * n).astype(np.float64, copy=False)
+    half_same, half_crossed = half[: b * n * n].reshape(b, n, n), half[b * n * n :].reshape(b, n, n)
+    same = half_same + half_same.transpose(0, 2, 1)
+    both = same + half_crossed
+    both += half_crossed.transpose(0, 2, 1)
+    return same, both
 
 
 _MOVES = ("remove", "insert", "swap")
 
 
-def _local_search(
-    problem: GraphMatchingProblem,
-    assignment: Tensor,
+def _local_search_arrays(
+    tables: _Tables,
+    unary: np.ndarray,
+    assignment: np.ndarray,
     max_iter: int,
     moves: tuple[str, ...] = _MOVES,
-    gradients: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:
-    """Best-improvement descent over remove / insert-with-eviction / swap moves.
+    gradients: np.ndarray | None = None,
+) -> np.ndarray:
+    """Best-improvement descent over remove / insert-with-eviction / swap moves, in place.
 
     A move flips a set S of entries with signs s (+1 set, -1 clear); at a discrete x its exact
     cost change is ``sum_u s_u g_u + sum_{u<v} s_u s_v W_uv`` with ``g`` the gradient at x and
     ``W_uv`` the pair coefficient (zero for entries sharing a row or a column). ``gradients``:
-    ``(G1, G2)`` at ``assignment`` when the caller has them.
+    ``G`` at ``assignment`` when the caller has it. A problem without an improving move is at a
+    local minimum and stays there, so later rounds only look at the problems that just moved.
     """
-    b, n, m = problem.shape
-    assignment = assignment.clone()
-    rows_of = assignment.numpy()  # shares memory: moves are applied in place
+    b, n, m = unary.shape
     moves = tuple(kind for kind in _MOVES if kind in moves)
-    tolerance = -1e-9 * (1.0 + problem.unary.abs().amax(dim=(1, 2)))
-    upper = torch.arange(n)[:, None] < torch.arange(n)[None, :]
-    node_ids = torch.arange(n).expand(b, -1)
-    padded = torch.zeros(b, n, m + 1, dtype=_DTYPE)  # column m: "unassigned", gradient 0
+    tolerance = -1e-9 * (1.0 + np.abs(unary).max(axis=(1, 2), initial=0.0))
+    _, padded_rows, same_rows, inverse_rows, gain_rows, order_penalty = _offsets(b, n, m)
+    node_ids = np.arange(n)
+    live = np.arange(b)  # problems that may still improve
     for _ in range(max_iter):
-        g1, g2 = gradients if gradients is not None else _quadratic_gradients(problem, assignment)
+        if gradients is None:
+            gradients = _gradients(tables, assignment)
+        size = len(live)
+        everyone = size == b
+        current = assignment if everyone else assignment[live]
+        if not everyone:
+            gradients = gradients[live]
+        padded = np.zeros((size, n, m + 1))  # column m: "unassigned", gradient 0
+        gradient = padded[:, :, :m]
+        np.add(unary if everyone else unary[live], gradients[:, 0].reshape(size, n, m), out=gradient)
+        gradient += gradients[:, 1].reshape(size, n, m)
         gradients = None
-        padded[:, :, :m] = problem.unary + g1 + g2
-        matched = assignment.remainder(m + 1)
-        inverse = torch.full((b, m + 1), n, dtype=torch.long)  # row n: "unassigned"
-        inverse.scatter_(1, matched, node_ids)
+        matched = current % (m + 1)
+        row_index = padded_rows[:size] + matched
+        row_gain = np.take(padded, row_index)  # [s, n] g[i, p_i] (0 if free)
+        inverse = np.full((size, m + 1), n, dtype=np.int64)  # n: "unassigned"
+        np.put(inverse, inverse_rows[:size] + matched, node_ids)  # node_ids repeats per problem
         inverse = inverse[:, :m]
-        row_gain = padded.gather(2, matched[:, :, None])  # [b, n, 1] g[i, p_i] (0 if free)
-        col_gain = torch.cat([padded[:, :, :m], torch.zeros(b, 1, m, dtype=_DTYPE)], 1).gather(1, inverse[:, None, :])
-        same, crossed = _assigned_pair_coefficients(problem, assignment)
-
         candidates = []
         if "remove" in moves:
-            candidates.append(-row_gain[:, :, 0])
+            candidates.append(-row_gain)
+        if "insert" in moves or "swap" in moves:
+            same, both = _pair_coefficients(tables, assignment)
+            if not everyone:
+                same, both = same[live], both[live]
         if "insert" in moves:
             # set x_ij, clearing row i's and column j's current entries
-            evicted = torch.nn.functional.pad(same, (0, 1)).gather(2, inverse[:, None, :].expand(b, n, m))
-            delta = padded - row_gain
-            delta[:, :, :m] += evicted - col_gain
-            delta.scatter_(2, matched[:, :, None], float("inf"))  # already set (or "unassigned" column)
-            candidates.append(delta[:, :, :m].reshape(b, -1))
+            gain_of_row = np.zeros((size, n + 1))
+            gain_of_row[:, :n] = row_gain
+            col_gain = np.take(gain_of_row, gain_rows[:size] + inverse)  # g[inv_j, j]
+            same_padded = np.zeros((size, n, n + 1))
+            same_padded[:, :, :n] = same
+            delta = padded - row_gain[:, :, None]
+            delta[:, :, :m] += np.take(same_padded, same_rows[:size] + inverse[:, None, :])  # evicted pair
+            delta[:, :, :m] -= col_gain[:, None, :]
+            np.put(delta, row_index, np.inf)  # already set (or the "unassigned" column)
+            candidates.append(delta[:, :, :m].reshape(size, -1))
         if "swap" in moves:
-            exchanged = padded.gather(2, matched[:, None, :].expand(b, n, n))  # g[i, p_k]
-            delta = exchanged + exchanged.transpose(1, 2) - row_gain - row_gain.transpose(1, 2) + same + crossed
-            assigned = assignment >= 0
-            valid = assigned[:, :, None] & assigned[:, None, :] & upper
-            candidates.append(delta.masked_fill(~valid, float("inf")).reshape(b, -1))
+            exchanged = np.take(padded, padded_rows[:size, :, None] + matched[:, None, :])  # g[i, p_k]
+            exchanged -= row_gain[:, :, None]
+            delta = exchanged + exchanged.transpose(0, 2, 1)
+            delta += both
+            penalty = np.where(current >= 0, 0.0, np.inf)
+            delta += penalty[:, :, None]
+            delta += penalty[:, None, :] + order_penalty
+            candidates.append(delta.reshape(size, -1))
 
-        best, where = torch.cat(candidates, dim=1).min(dim=1)
-        improving = best < tolerance
-        if not bool(improving.any()):
+        stacked = np.concatenate(candidates, axis=1)
+        where = stacked.argmin(axis=1)
+        improving = np.take(stacked, where + np.arange(size) * stacked.shape[1]) < tolerance[live]
+        if not improving.any():
             break
         sizes = [c.shape[1] for c in candidates]
-        for p, index in zip(improving.nonzero().flatten().tolist(), where[improving].tolist()):
-            row = rows_of[p]
-            for kind, size in zip(moves, sizes):
-                if index >= size:
-                    index -= size
+        for p, index in zip(live[improving].tolist(), where[improving].tolist()):
+            row = assignment[p]
+            for kind, count in zip(moves, sizes):
+                if index >= count:
+                    index -= count
                     continue
                 if kind == "remove":
                     row[index] = -1
@@ -401,7 +532,28 @@ def _local_search(
                     i, k = divmod(index, n)
                     row[i], row[k] = row[k], row[i]
                 break
+        live = live[improving]
     return assignment
+
+
+def _local_search(
+    problem: GraphMatchingProblem,
+    assignment: Tensor,
+    max_iter: int,
+    moves: tuple[str, ...] = _MOVES,
+    gradients: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Tensor front of :func:`_local_search_arrays` (``gradients``: ``(G1, G2)`` at ``assignment``)."""
+    b, n, m = problem.shape
+    stacked = None if gradients is None else torch.stack(gradients, dim=1).reshape(b, 2, n * m).numpy()
+    result = _local_search_arrays(
+        problem.tables(), _unary_array(problem), assignment.numpy().copy(), max_iter, moves, stacked
+    )
+    return torch.from_numpy(result)
+
+
+def _unary_array(problem: GraphMatchingProblem) -> np.ndarray:
+    return np.ascontiguousarray(problem.unary.numpy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,45 +571,61 @@ def solve_ipfp(
     """IPFP from the LAP solution, keeping the best discrete iterate, then local search.
 
     Continuous iterates are never materialised in the quadratic term: since ``G1``/``G2`` are
-    linear, ``G(x + t (b - x)) = (1 - t) G(x) + t G(b)`` with ``b`` always discrete.
+    linear, ``G(x + t (b - x)) = (1 - t) G(x) + t G(b)`` with ``b`` always discrete. A problem
+    whose line search found no descent direction keeps its iterate, so its LAP is not solved
+    again (solving it again would return the same ``b``).
     """
     b, n, m = problem.shape
-    unary = problem.unary
-    assignment = _partial_lap(unary)
-    x = _to_matrix(assignment, m)
-    g1, g2 = _quadratic_gradients(problem, assignment)
-    best_assignment, best_g1, best_g2 = assignment, g1, g2
-    best_value = _discrete_objective(problem, x, g1)
-    tolerance = 1e-9 * (1.0 + unary.abs().amax(dim=(1, 2)))
+    assignment = np.full((b, n), -1, dtype=np.int64)
+    if n == 0 or m == 0:
+        return torch.from_numpy(assignment)
+    tables = problem.tables()
+    unary = _unary_array(problem)
+    flat_unary = unary.reshape(b, n * m)
+    one_hot = np.eye(m + 1, m)  # row m ("unassigned") is zero
+    _lap_into(unary, assignment, range(b))
+    x = np.take(one_hot, assignment % (m + 1), axis=0).reshape(b, n * m)
+    gradients = _gradients(tables, assignment)
+    best_assignment, best_gradients = assignment.copy(), gradients.copy()
+    best_value = ((flat_unary + gradients[:, 0]) * x).sum(axis=1)
+    tolerance = 1e-9 * (1.0 + np.abs(flat_unary).max(axis=1))
+    candidate = assignment
+    active: list[int] = list(range(b))
     stale = 0
     if problem.quadratic.shape[1] and problem.quadratic.shape[2]:
         for _ in range(max_iter):
-            gradient = unary + g1 + g2
-            candidate = _partial_lap(gradient)
-            xb = _to_matrix(candidate, m)
-            g1b, g2b = _quadratic_gradients(problem, candidate)
-            value = _discrete_objective(problem, xb, g1b)
+            gradient = flat_unary + gradients[:, 0]
+            gradient += gradients[:, 1]
+            _lap_into(gradient.reshape(b, n, m), candidate, active)
+            xb = np.take(one_hot, candidate % (m + 1), axis=0).reshape(b, n * m)
+            candidate_gradients = _gradients(tables, candidate)
+            value = ((flat_unary + candidate_gradients[:, 0]) * xb).sum(axis=1)
             better = value < best_value - tolerance
-            best_value = torch.where(better, value, best_value)
-            best_assignment = torch.where(better[:, None], candidate, best_assignment)
-            best_g1 = torch.where(better[:, None, None], g1b, best_g1)
-            best_g2 = torch.where(better[:, None, None], g2b, best_g2)
-            stale = 0 if bool(better.any()) else stale + 1
-            direction = xb - x
-            slope = (gradient * direction).sum(dim=(1, 2))
-            active = slope < -tolerance
-            if not bool(active.any()) or stale >= patience:
+            if better.any():
+                np.copyto(best_value, value, where=better)
+                np.copyto(best_assignment, candidate, where=better[:, None])
+                np.copyto(best_gradients, candidate_gradients, where=better[:, None, None])
+                stale = 0
+            else:
+                stale += 1
+            direction = xb
+            direction -= x
+            slope = (gradient * direction).sum(axis=1)
+            descending = slope < -tolerance
+            if stale >= patience or not descending.any():
                 break
-            curvature = ((g1b - g1) * direction).sum(dim=(1, 2))
-            step = torch.where(curvature > 0, (-slope / (2 * curvature.clamp_min(1e-300))).clamp(0.0, 1.0), 1.0)
-            step = torch.where(active, step, 0.0)[:, None, None]
-            x = x + step * direction
-            g1 = g1 + step * (g1b - g1)
-            g2 = g2 + step * (g2b - g2)
+            active = np.flatnonzero(descending).tolist()
+            change = candidate_gradients
+            change -= gradients
+            curvature = (change[:, 0] * direction).sum(axis=1)
+            step = np.where(curvature > 0, np.minimum(-slope / (2 * np.maximum(curvature, 1e-300)), 1.0), 1.0)
+            step[~descending] = 0.0
+            x += step[:, None] * direction
+            gradients += step[:, None, None] * change
     if local_search:
         budget = local_search_iter if local_search_iter is not None else 4 * max(n, m)
-        best_assignment = _local_search(problem, best_assignment, budget, gradients=(best_g1, best_g2))
-    return best_assignment
+        best_assignment = _local_search_arrays(tables, unary, best_assignment, budget, gradients=best_gradients)
+    return torch.from_numpy(best_assignment)
 
 
 # --------------------------------------------------------------------------------------------

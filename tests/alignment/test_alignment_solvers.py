@@ -8,12 +8,16 @@ import torch.nn.functional as F
 
 from exgramed_plugin.alignment import (
     SOLVERS,
+    edge_pair_indicator,
     knn_graph,
     matching_objective,
     prepare_problem,
     solve_graph_matching,
 )
-from exgramed_plugin.alignment.solvers import _quadratic_gradients
+from exgramed_plugin.alignment.solvers import (
+    _pair_indicator_difference,
+    _quadratic_gradients,
+)
 
 
 def mga_instances(batch, n, seed, noise=1.0, k=5, d=16, shared_structure=True):
@@ -172,3 +176,32 @@ def test_exact_refuses_large_problems_and_unknown_solver_is_named():
         solve_graph_matching(unary, quadratic, edges_a, edges_b, solver="exact")
     with pytest.raises(ValueError, match="unknown graph matching solver"):
         solve_graph_matching(unary, quadratic, edges_a, edges_b, solver="lpmp")
+
+
+@pytest.mark.parametrize("structure", ["random", "knn"])
+def test_pair_indicator_difference_matches_dense_indicator(structure):
+    # random edges have self loops and duplicate B edges (comparison path), kNN graphs none (sparse path)
+    if structure == "random":
+        unary, quadratic, edges_a, edges_b = random_costs(5, 6, 12, 10, seed=21)
+    else:
+        unary, quadratic, edges_a, edges_b = mga_instances(2, 7, seed=21, shared_structure=False)
+    problem = prepare_problem(unary, quadratic, edges_a, edges_b)
+    b, n, m = unary.shape
+    gen = torch.Generator().manual_seed(1)
+    matchings = []
+    for _ in range(2):
+        assignment = torch.stack([torch.randperm(m, generator=gen)[:n] for _ in range(b)])
+        assignment[torch.rand(b, n, generator=gen) < 0.3] = -1
+        matchings.append(F.one_hot(assignment + 1, m + 1)[..., 1:].double())
+    expected = edge_pair_indicator(matchings[0], edges_a, edges_b) - edge_pair_indicator(matchings[1], edges_a, edges_b)
+    found = _pair_indicator_difference(problem, matchings[0], matchings[1], scale=-0.5)
+    torch.testing.assert_close(torch.from_numpy(found), -0.5 * expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("e1,e2", [(0, 5), (5, 0), (0, 0)])
+def test_default_solver_without_edges_is_the_lap(e1, e2):
+    gen = torch.Generator().manual_seed(3)
+    unary = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
+    problems = (unary, torch.randn(2, e1, e2, generator=gen, dtype=torch.float64),
+                torch.randint(0, 5, (2, 2, e1), generator=gen), torch.randint(0, 6, (2, 2, e2), generator=gen))
+    torch.testing.assert_close(solve_graph_matching(*problems), solve_graph_matching(*problems, solver="lap"))
