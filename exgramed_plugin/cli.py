@@ -61,8 +61,12 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
                "Markdown/HTML report of a swift run: loss curves, eval metrics, accuracy by answer type"),
     "eval-chat": ("exgramed_plugin.eval.chat_judge", "main",
                   "LLaVA-Med chatbot eval with an OpenAI-compatible judge (relative score per type/domain)"),
+    "experiment": ("exgramed_plugin.experiment.data_efficiency", "main",
+                   "CPU miniature of the paper's data-efficiency claim on easy-vqa (data-efficiency [--quick])"),
     "extend-captions": ("exgramed_plugin.data.extend_captions", "main",
                         "extended answers (conversations_long) from an OpenAI-compatible LLM; resumable"),
+    "webui": ("exgramed_plugin.webui", "main",
+              "swift's web UI with the exgra_med plugin loaded (127.0.0.1 by default)"),
 }
 
 

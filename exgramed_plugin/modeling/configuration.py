@@ -75,6 +75,7 @@ class ExGraMedConfig(LlamaConfig):
     mga_after_de: bool = True
     mga_global_graph: bool = False
     mga_seed: int = 0
+    mga_objective: str = "mga"  # "mga", or a pairwise baseline "infonce" / "siglip" (alignment/contrastive.py)
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.vision_config, dict):

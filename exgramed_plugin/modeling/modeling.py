@@ -8,6 +8,7 @@ without renaming. Unlike the original, the vision tower is a registered submodul
 
 from __future__ import annotations
 
+import atexit
 import logging
 from dataclasses import dataclass
 
@@ -15,11 +16,13 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 from transformers import GenerationMixin, LlamaModel, PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
+from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
 from .configuration import ExGraMedConfig, projector_depth
 from .biomedclip import OpenClipVisionTower, biomed_dense_features
 from .dense_connector import select_vision_features
@@ -27,6 +30,31 @@ from .vision import build_vision_tower
 
 logger = logging.getLogger(__name__)
 MGA_POOLINGS = ("masked", "padded")
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the default process group before interpreter finalization (registered once).
+
+    swift leaves the group alive at the end of training. Gloo worker threads may then still hold
+    the tensors of the last collectives when Python tears down, and freeing them without an
+    interpreter aborts the process ("terminate called without an active exception"), after the
+    run has finished and saved.
+    """
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK.append(True)
+
+    def _destroy() -> None:
+        if dist.is_available() and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as error:  # exiting anyway: never turn a finished run into a failure
+                logger.debug("destroy_process_group at exit: %s", error)
+
+    atexit.register(_destroy)
 
 
 def build_vision_projector(config: ExGraMedConfig) -> nn.Module:
@@ -76,6 +104,9 @@ class ExGraMedPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.patch_embedding.weight, std=std)
             nn.init.normal_(module.position_embedding.weight, std=std)
             module.position_ids.copy_(torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, ContrastiveAlignment):  # its temperature / bias are bare nn.Parameters
+            for name, value in module.initial_values().items():
+                hf_init.constant_(getattr(module, name), value)
 
 
 class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
@@ -88,11 +119,17 @@ class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
         if config.mga_enabled:
             if config.mga_pooling not in MGA_POOLINGS:
                 raise ValueError(f"mga_pooling must be one of {MGA_POOLINGS}, got {config.mga_pooling!r}")
-            self.mga = MultiGraphAlignment(
-                in_features=config.hidden_size, hidden_features=config.mga_hidden_features, k=config.mga_k,
-                lambda_val=config.mga_lambda, gumbel_scale=config.mga_gumbel_scale, solver=config.mga_solver,
-                message_flow=config.mga_message_flow, fidelity=config.mga_fidelity,
-                use_message_passing=config.mga_use_message_passing, seed=config.mga_seed)
+            if config.mga_objective in CONTRASTIVE_OBJECTIVES:  # the paper's pairwise baselines, same nodes
+                self.mga = ContrastiveAlignment(objective=config.mga_objective)
+            elif config.mga_objective != "mga":
+                raise ValueError(f"mga_objective must be 'mga' or one of {CONTRASTIVE_OBJECTIVES}, "
+                                 f"got {config.mga_objective!r}")
+            else:
+                self.mga = MultiGraphAlignment(
+                    in_features=config.hidden_size, hidden_features=config.mga_hidden_features, k=config.mga_k,
+                    lambda_val=config.mga_lambda, gumbel_scale=config.mga_gumbel_scale, solver=config.mga_solver,
+                    message_flow=config.mga_message_flow, fidelity=config.mga_fidelity,
+                    use_message_passing=config.mga_use_message_passing, seed=config.mga_seed)
         self.post_init()
 
     def get_image_features(self, pixel_values: Tensor) -> Tensor:
@@ -248,7 +285,10 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         global_graph = bool(self.config.mga_global_graph) and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1
         if global_graph:
-            nodes = [self._gather_with_local_grad(z) for z in nodes]
+            # One gather for the three node sets (2 collectives per step instead of 6).
+            gathered = self._gather_with_local_grad(torch.cat(nodes, dim=1))
+            nodes = [part.to(z.dtype) for part, z in zip(gathered.split([z.shape[1] for z in nodes], dim=1), nodes)]
+            _destroy_process_group_at_exit()
         output = self.model.mga(*nodes, generator=self._noise_generator(global_graph),
                                 loss_scale=getattr(self, "mga_loss_scale", None))
         if output.skipped_reason and not getattr(self, "_warned_small_batch", False):

@@ -46,6 +46,7 @@ MGA_FIELDS: dict[str, Callable[[str], object]] = {
     "mga_after_de": _bool,
     "mga_global_graph": _bool,
     "mga_seed": int,
+    "mga_objective": str,
 }
 
 

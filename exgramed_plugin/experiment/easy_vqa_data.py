@@ -1,0 +1,191 @@
+"""easy-vqa (PyPI ``easy-vqa``, MIT) as ExGra-Med VQA + alignment files.
+
+easy-vqa: 4,000 train / 1,000 test 64x64 images, each one coloured shape (3 shapes, 8 colours) on a
+white background; 38,575 / 9,673 questions from 24 templates, answers ``yes``/``no``, a colour or a
+shape. Here:
+
+* VQA rows (``*_w_options_new.json`` format): yes/no questions are ``CLOSED`` with the released
+  option text ``' (Answer with either "Yes" or "No").'``; colour and shape questions are ``OPEN``.
+* Alignment rows (LLaVA-Med instruct format, stage 2): one row per image with its first
+  ``ALIGNMENT_TURNS`` questions (file order) as turns; ``conversations_long`` holds the extended
+  answers of :func:`extend_answer`, a deterministic rewriting of each (question, answer) pair.
+* Fractions are of a *pool* of training **images** (each with all its questions): the first
+  ``pool_images`` of one permutation drawn with ``data_seed`` (all 4,000 when ``None``); a fraction
+  is a prefix of the pool, so the 10 % images are inside the 40 % ones.
+* The test split is subsampled to ``n_open`` OPEN + ``n_closed`` CLOSED questions (seeded), to keep
+  inference affordable on a CPU.
+
+Image paths in the JSON files are absolute paths into the installed ``easy_vqa`` package (nothing is
+copied).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+YES_NO_OPTIONS = ' (Answer with either "Yes" or "No").'
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+ALIGNMENT_TURNS = 4
+_C = "|".join(COLORS)
+_S = "|".join(SHAPES)
+# yes/no templates: the object asked about, and whether the question is negated
+_PRESENCE = re.compile(
+    rf"^(?:does the image (?P<neg1>not )?contain|is there (?P<neg2>not )?|is (?P<neg3>no |a ))\s*(?:a )?"
+    rf"(?P<object>(?:{_C}) shape|{_S})(?: present| in the image)?\?$")
+_COLOR_OF = re.compile(rf"^what (?:color is|is the color of) the (?P<subject>{_S}|shape)\?$")
+_SHAPE_OF_COLOR = re.compile(rf"^what is the (?P<color>{_C}) shape\?$")
+_SHAPE = re.compile(r"^what shape (?:does the image contain|is in the image|is present)\?$")
+
+
+def extend_answer(question: str, answer: str) -> str:
+    """The extended answer: the short answer, then one sentence stating the fact it answers.
+
+    Rules (the only ones easy-vqa needs; any other question raises):
+
+    * presence questions (``does the image [not] contain a X?``, ``is there [not] a X[ in the image]?``,
+      ``is a X present?``, ``is no X present?``): ``"Yes. The image contains a X."`` or
+      ``"No. The image does not contain a X."``, where "contains" is the answer flipped by a
+      negation in the question (``"is there not a red shape?" - "no"`` gives ``"No. The image
+      contains a red shape."``);
+    * ``what color is the S?`` / ``what is the color of the S?``: ``"C. The S in the image is C."``;
+    * ``what is the C shape?``: ``"S. The C shape in the image is a S."``;
+    * ``what shape ...?``: ``"S. The image contains a S."``.
+    """
+    q, a = question.strip().lower(), answer.strip().lower()
+    short = a.capitalize() + "."
+    match = _PRESENCE.match(q)
+    if match and a in ("yes", "no"):
+        negated = bool(match.group("neg1") or match.group("neg2") or match.group("neg3") == "no ")
+        present = (a == "yes") != negated
+        verb = "contains" if present else "does not contain"
+        return f"{short} The image {verb} a {match.group('object')}."
+    match = _COLOR_OF.match(q)
+    if match and a in COLORS:
+        return f"{short} The {match.group('subject')} in the image is {a}."
+    match = _SHAPE_OF_COLOR.match(q)
+    if match and a in SHAPES:
+        return f"{short} The {match.group('color')} shape in the image is a {a}."
+    if _SHAPE.match(q) and a in SHAPES:
+        return f"{short} The image contains a {a}."
+    raise ValueError(f"no extended-answer rule for question {question!r} with answer {answer!r}")
+
+
+@dataclass(frozen=True)
+class EasyVqaFiles:
+    """Paths of one prepared fraction plus the shared test files."""
+
+    alignment: Path
+    vqa_train: Path
+    num_images: int
+    num_questions: int
+
+
+@dataclass(frozen=True)
+class EasyVqaData:
+    root: Path
+    fractions: dict[float, EasyVqaFiles]
+    vqa_test: Path
+    candidates: Path
+    counts: dict[str, Any]
+
+
+def _package_dir() -> Path:
+    try:
+        import easy_vqa
+    except ImportError as error:
+        raise ImportError("the data-efficiency experiment uses the PyPI package 'easy-vqa': pip install easy-vqa "
+                          "(or pip install 'exgramed-plugin[experiment]')") from error
+    return Path(easy_vqa.__file__).resolve().parent / "data"
+
+
+def _questions(split: str) -> list[tuple[str, str, int]]:
+    rows = json.loads((_package_dir() / split / "questions.json").read_text())
+    return [(str(q), str(a), int(i)) for q, a, i in rows]
+
+
+def _image(split: str, image_id: int) -> str:
+    path = _package_dir() / split / "images" / f"{image_id}.png"
+    if not path.is_file():
+        raise FileNotFoundError(f"easy-vqa image {path} is missing")
+    return str(path)
+
+
+def _vqa_row(row_id: str, image: str, question: str, answer: str) -> dict[str, Any]:
+    closed = answer in ("yes", "no")
+    options = YES_NO_OPTIONS if closed else ""
+    return {"id": row_id, "image": image, "answer_type": "CLOSED" if closed else "OPEN",
+            "conversations": [{"from": "human", "value": f"{question}{options}\n<image>"},
+                              {"from": "gpt", "value": answer}]}
+
+
+def _alignment_row(image_id: int, image: str, qas: list[tuple[str, str]]) -> dict[str, Any]:
+    conversations, conversations_long = [], []
+    for turn, (question, answer) in enumerate(qas[:ALIGNMENT_TURNS]):
+        human = f"<image>\n{question}" if turn == 0 else question
+        conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+        conversations_long += [{"from": "human", "value": human}, {"from": "gpt", "value": extend_answer(question, answer)}]
+    return {"id": f"align-{image_id:04d}", "image": image, "conversations": conversations,
+            "conversations_long": conversations_long}
+
+
+def _write(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def prepare_easy_vqa(out_dir: str | Path, fractions: tuple[float, ...] = (0.1, 0.4, 1.0), *, n_open: int = 100,
+                     n_closed: int = 100, data_seed: int = 0, pool_images: int | None = None) -> EasyVqaData:
+    """Write the alignment / VQA-train file of each fraction, the test subset and ``candidate.json``."""
+    root = Path(out_dir).resolve()
+    rng = np.random.default_rng(data_seed)
+    train = _questions("train")
+    by_image: dict[int, list[tuple[str, str]]] = {}
+    for question, answer, image_id in train:
+        by_image.setdefault(image_id, []).append((question, answer))
+    image_ids = sorted(by_image)
+    order = [image_ids[i] for i in rng.permutation(len(image_ids))][:pool_images]
+    files: dict[float, EasyVqaFiles] = {}
+    for fraction in fractions:
+        chosen = order[:max(1, round(fraction * len(order)))]
+        vqa_rows, alignment_rows = [], []
+        for image_id in chosen:
+            image = _image("train", image_id)
+            alignment_rows.append(_alignment_row(image_id, image, by_image[image_id]))
+            for k, (question, answer) in enumerate(by_image[image_id]):
+                vqa_rows.append(_vqa_row(f"train-{image_id:04d}-{k:02d}", image, question, answer))
+        tag = f"{round(fraction * 100):03d}"
+        entry = EasyVqaFiles(root / f"alignment_{tag}.json", root / f"train_{tag}_w_options_new.json",
+                             len(chosen), len(vqa_rows))
+        _write(entry.alignment, alignment_rows)
+        _write(entry.vqa_train, vqa_rows)
+        files[fraction] = entry
+
+    test = _questions("test")
+    open_idx = [i for i, (_, a, _) in enumerate(test) if a not in ("yes", "no")]
+    closed_idx = [i for i, (_, a, _) in enumerate(test) if a in ("yes", "no")]
+    picked = sorted([*rng.choice(open_idx, size=min(n_open, len(open_idx)), replace=False).tolist(),
+                     *rng.choice(closed_idx, size=min(n_closed, len(closed_idx)), replace=False).tolist()])
+    test_rows = [_vqa_row(f"test-{i:05d}", _image("test", test[i][2]), test[i][0], test[i][1]) for i in picked]
+    vqa_test = root / "test_w_options_new.json"
+    _write(vqa_test, test_rows)
+    candidates = root / "candidate.json"
+    _write(candidates, {"0": sorted({*COLORS, *SHAPES})})
+    counts = {"train_images": len(image_ids), "pool_images": len(order), "train_questions": len(train), "test_questions_total": len(test),
+              "test_open": sum(r["answer_type"] == "OPEN" for r in test_rows),
+              "test_closed": sum(r["answer_type"] == "CLOSED" for r in test_rows),
+              "fractions": {str(f): {"images": e.num_images, "questions": e.num_questions} for f, e in files.items()}}
+    _write(root / "counts.json", counts)
+    logger.info("easy-vqa prepared in %s: %s", root, counts)
+    return EasyVqaData(root, files, vqa_test, candidates, counts)

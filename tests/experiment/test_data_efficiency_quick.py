@@ -1,0 +1,34 @@
+"""Smoke test: ``exgramed experiment data-efficiency --quick`` completes and fills every table cell.
+
+No threshold on any outcome: the numbers of a few-step run say nothing, only that the pipeline works.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("easy_vqa")
+
+
+def test_quick_run_completes(tmp_path):
+    out = tmp_path / "quick"
+    completed = subprocess.run([sys.executable, "-m", "exgramed_plugin.cli", "experiment", "data-efficiency",
+                                "--quick", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["partial"] is False
+    assert len(results["cells"]) == 3
+    for metric_set in ("original", "strict"):
+        arms = results["summary"][metric_set]["0.1"]
+        assert set(arms) == {"none", "infonce", "mga"}
+        for arm in arms.values():
+            for metric in ("open_recall", "closed_accuracy", "average"):
+                assert arm[metric]["n"] == 1
+    table = (out / "table.md").read_text()
+    for arm in ("none", "infonce", "mga"):
+        assert f"| 10 % | {arm} |" in table
+    assert (out / "accuracy_vs_fraction.png").stat().st_size > 0
