@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .solvers import DEFAULT_SOLVER, _pair_indicator_difference, prepare_problem, solve_prepared
+from .solvers import DEFAULT_SOLVER, _pair_indicator_difference, batched_inputs, prepare_problem, solve_prepared
 
 __all__ = ["BlackboxMatching", "blackbox_matching", "LossScale"]
 
@@ -120,11 +120,7 @@ def blackbox_matching(
     """
     if not lambda_val > 0:
         raise ValueError(f"lambda_val must be > 0, got {lambda_val}")
-    unbatched = unary.dim() == 2
-    if unbatched:
-        unary, quadratic = unary.unsqueeze(0), quadratic.unsqueeze(0)
-        edges_a = edges_a if edges_a.dim() == 2 else edges_a.unsqueeze(0)
-        edges_b = edges_b if edges_b.dim() == 2 else edges_b.unsqueeze(0)
+    unbatched, (unary, quadratic, edges_a, edges_b) = batched_inputs(unary, quadratic, edges_a, edges_b)
     b = unary.shape[0]
     edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
     edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b

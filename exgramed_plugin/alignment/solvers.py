@@ -217,6 +217,17 @@ def _as_batched_edges(edges: Tensor, batch: int, name: str) -> Tensor:
     return edges.to(device=_CPU, dtype=torch.long)
 
 
+def batched_inputs(unary: Tensor, quadratic: Tensor, edges_a: Tensor,
+                   edges_b: Tensor) -> tuple[bool, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Add the batch dimension to a single problem (``unary`` ``[n, m]``); says whether it did."""
+    unbatched = unary.dim() == 2
+    if unbatched:
+        unary, quadratic = unary.unsqueeze(0), quadratic.unsqueeze(0)
+        edges_a = edges_a if edges_a.dim() == 2 else edges_a.unsqueeze(0)
+        edges_b = edges_b if edges_b.dim() == 2 else edges_b.unsqueeze(0)
+    return unbatched, (unary, quadratic, edges_a, edges_b)
+
+
 def _float64_cpu(tensor: Tensor) -> Tensor:
     """Detached float64 CPU version, converted by numpy where it can: torch's intra-op threads
     make small conversions slow (and very slow on a busy CPU)."""
@@ -746,11 +757,7 @@ def solve_graph_matching(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown graph matching solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    unbatched = unary.dim() == 2
-    if unbatched:
-        unary, quadratic = unary.unsqueeze(0), quadratic.unsqueeze(0)
-        edges_a = edges_a if edges_a.dim() == 2 else edges_a.unsqueeze(0)
-        edges_b = edges_b if edges_b.dim() == 2 else edges_b.unsqueeze(0)
+    unbatched, (unary, quadratic, edges_a, edges_b) = batched_inputs(unary, quadratic, edges_a, edges_b)
     problem = prepare_problem(unary, quadratic, edges_a, edges_b)
     matching = solve_prepared(problem, solver, **options)
     dtype = unary.dtype if unary.is_floating_point() else torch.float32
