@@ -77,6 +77,16 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+def add_client_arguments(parser) -> None:
+    """The request options every command using :class:`ChatClient` takes (same names and defaults)."""
+    parser.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV,
+                        help=f"environment variable holding the API key (default {DEFAULT_API_KEY_ENV}; "
+                             "unset = no Authorization header)")
+    parser.add_argument("--max-attempts", type=int, default=5, help="HTTP tries per request (default 5)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
+    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each try")
+
+
 def api_key_from_env(name: str = DEFAULT_API_KEY_ENV) -> str | None:
     """The API key in environment variable ``name`` (None when unset or empty)."""
     value = os.environ.get(name, "").strip()

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.openai_client import (
-    DEFAULT_API_KEY_ENV,
     ChatClient,
     ChatRequestError,
     JsonlAppender,
+    add_client_arguments,
     api_key_from_env,
     read_jsonl_records,
     run_concurrently,
@@ -394,17 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OpenAI-compatible base URL, e.g. https://openrouter.ai/api/v1")
     parser.add_argument("--model", required=True, help="model name sent to the endpoint, e.g. openai/gpt-4o-mini")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    parser.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV,
-                        help=f"environment variable holding the API key (default {DEFAULT_API_KEY_ENV}; "
-                             "unset = no Authorization header)")
     parser.add_argument("--prompt-file", default=None, help="system prompt file (default: the shipped "
                         "reconstruction of the paper's prompts/extend_caption.txt)")
     parser.add_argument("--progress", default=None, help="progress file (default <out>.progress.jsonl)")
-    parser.add_argument("--max-attempts", type=int, default=5, help="HTTP tries per request (default 5)")
+    add_client_arguments(parser)
     parser.add_argument("--parse-attempts", type=int, default=3,
                         help="requests per turn while the reply holds no usable revision (default 3)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each try")
     parser.add_argument("--temperature", type=float, default=None, help="default: the server's")
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the server's")
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")

@@ -27,10 +27,10 @@ from typing import Any
 
 from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
 from exgramed_plugin.openai_client import (
-    DEFAULT_API_KEY_ENV,
     ChatClient,
     ChatRequestError,
     JsonlAppender,
+    add_client_arguments,
     api_key_from_env,
     run_concurrently,
 )
@@ -309,16 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--questions", required=True, help="llava_med_eval_qa50_qa.jsonl")
     parser.add_argument("--judge-base-url", required=True, help="OpenAI-compatible base URL")
     parser.add_argument("--judge-model", required=True, help="judge model name, e.g. gpt-4o")
-    parser.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV,
-                        help=f"environment variable holding the API key (default {DEFAULT_API_KEY_ENV})")
     parser.add_argument("--out-json", default=None, help="summary JSON (default <answers>.chat_review.json)")
     parser.add_argument("--out-jsonl", default=None, help="per-question JSONL (default <answers>.chat_review.jsonl)")
     parser.add_argument("--concurrency", type=int, default=3, help="requests in flight (default 3, as the original)")
-    parser.add_argument("--max-attempts", type=int, default=5, help="HTTP tries per request (default 5)")
+    add_client_arguments(parser)
     parser.add_argument("--parse-attempts", type=int, default=1,
                         help="requests per question while the reply is unparsable (default 1: temperature 0)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each try")
     parser.add_argument("--max-tokens", type=int, default=None, help="judge reply limit (default: the server's)")
     parser.add_argument("--context-style", choices=CONTEXT_STYLES, default="original",
                         help="figure context: 'original' = the in_text_mention field as the original printed it "
