@@ -7,8 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-from .modeling.configuration import DENSE_CONNECTOR_TYPES
-
 
 def _make_tiny(args: argparse.Namespace) -> int:
     from .data.tiny import make_tiny_checkpoint
@@ -77,6 +75,7 @@ def _run_delegated(name: str, argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .modeling.configuration import DENSE_CONNECTOR_TYPES  # torch + transformers: not for delegated commands
     parser = argparse.ArgumentParser(prog="exgramed", description="ExGra-Med tools for ms-swift")
     sub = parser.add_subparsers(dest="command", required=True)
 
