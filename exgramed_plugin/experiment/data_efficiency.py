@@ -49,8 +49,8 @@ class Budget:
     """Everything that sets the cost of a run; identical for every arm and fraction."""
 
     pool_images: int = 400
-    stage2_steps: int = 20
-    finetune_steps: int = 40
+    stage2_steps: int = 100
+    finetune_steps: int = 200
     stage2_batch: int = 8
     finetune_batch: int = 8
     learning_rate: float = 2e-3
@@ -61,13 +61,18 @@ class Budget:
     num_layers: int = 2
     image_size: int = 64
     patch_size: int = 16
+    train_vision_tower: bool = False
 
 
 FULL = Budget()
 QUICK = Budget(stage2_steps=6, finetune_steps=10, n_open=16, n_closed=16)
-# Why a pool of 400 images: with ~20 + 40 steps of batch 8 a run sees ~160 alignment rows and ~320
-# questions; fractions of all 4,000 images would all be seen less than once, so the data fraction
-# could not matter by construction. 10 / 40 / 100 % of the pool = 40 / 160 / 400 images.
+# Why a pool of 400 images: with 100 + 200 steps of batch 8 a run sees 800 alignment rows and 1,600
+# questions; of all 4,000 images (~38,600 questions) even 10 % would be seen less than once, so the
+# data fraction could not matter by construction. 10 / 40 / 100 % of the pool = 40 / 160 / 400 images
+# (~385 / 1,540 / 3,850 questions). Why these step counts: 20 + 40 steps left the tiny model answering
+# "no" to everything (chance level); 100 + 200 is what fits 27 cells into 60 minutes on 2 cores.
+# Why the vision tower stays frozen: as in the paper's stage 2 (its encoder is pre-trained; ours is a
+# fixed random ViT, i.e. a random-feature encoder); ``train_vision_tower`` switches it on.
 
 
 @dataclass
@@ -88,7 +93,7 @@ class CellSpec:
 
 def _common_sft_args(budget: Budget, seed: int) -> list[str]:
     return ["--custom_register_path", str(REGISTER_FILE), "--model_type", "exgra_med", "--template", "exgra_med",
-            "--tuner_type", "full", "--freeze_vit", "true", "--freeze_aligner", "false", "--torch_dtype", "float32",
+            "--tuner_type", "full", "--freeze_vit", str(not budget.train_vision_tower).lower(), "--freeze_aligner", "false", "--torch_dtype", "float32",
             "--learning_rate", str(budget.learning_rate), "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.03",
             "--weight_decay", "0.0", "--max_length", "512", "--dataloader_num_workers", "0", "--dataset_num_proc",
             "1", "--check_model", "false", "--strict", "true", "--save_only_model", "true", "--save_total_limit",
@@ -214,36 +219,51 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(cells: list[dict[str, Any]], metric_set: str = "original") -> dict[str, dict[str, dict[str, Any]]]:
-    """``{fraction: {arm: {metric: {"mean", "std", "n", "values"}}}}`` over seeds."""
+    """``{fraction: {arm: {metric: {"mean", "std", "n", "values"}}}}`` over seeds.
+
+    Besides the VQA metrics, ``image_dependence`` (see :mod:`.diagnostics`) where the cells carry it.
+    """
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for cell in cells:
         summary.setdefault(str(cell["fraction"]), {}).setdefault(cell["arm"], {})
     for fraction, arms in summary.items():
         for arm in arms:
             rows = [c for c in cells if str(c["fraction"]) == fraction and c["arm"] == arm]
-            for metric in METRICS:
-                values = [float(c[metric_set][metric]) for c in rows if c[metric_set].get(metric) is not None]
+            for metric in (*METRICS, "image_dependence"):
+                values = [float(value) for c in rows
+                          if (value := (c.get(metric) if metric == "image_dependence" else c[metric_set].get(metric)))
+                          is not None]
                 mean, std = _mean_std(values) if values else (float("nan"), float("nan"))
                 arms[arm][metric] = {"mean": mean, "std": std, "n": len(values), "values": values}
     return summary
 
 
-def format_table(summary: dict[str, dict[str, dict[str, Any]]], title: str) -> str:
-    """Markdown table: one row per (fraction, arm), ``mean ± std`` per metric."""
-    lines = [f"{title}", "", "| data fraction | arm | open recall | closed accuracy | average | seeds |",
-             "|---|---|---|---|---|---|"]
+def format_table(summary: dict[str, dict[str, dict[str, Any]]], title: str,
+                 baselines: dict[str, dict[str, Any]] | None = None, metric_set: str = "original") -> str:
+    """Markdown table: one row per (fraction, arm), ``mean ± std`` per metric.
+
+    ``baselines`` (``{fraction: question_only_baseline(...)}``) adds a ``question-only prior`` row per
+    fraction; the last column is the percent of repeated test questions answered differently for
+    different images (0 = the answers ignore the image).
+    """
+    lines = [f"{title}", "", "| data fraction | arm | open recall | closed accuracy | average | answers vary with "
+             "image (%) | seeds |", "|---|---|---|---|---|---|---|"]
     for fraction in sorted(summary, key=float):
+        percent = f"{round(float(fraction) * 100)} %"
+        if baselines and fraction in baselines:
+            shown = [f"{baselines[fraction][metric_set][m]:.2f}" for m in METRICS]
+            lines.append(f"| {percent} | question-only prior | " + " | ".join(shown) + " | 0 (by construction) | – |")
         for arm in ARMS:
             if arm not in summary[fraction]:
                 continue
             cells = summary[fraction][arm]
-            shown = [f"{cells[m]['mean']:.2f} ± {cells[m]['std']:.2f}" for m in METRICS]
-            lines.append(f"| {round(float(fraction) * 100)} % | {arm} | " + " | ".join(shown)
-                         + f" | {cells['average']['n']} |")
+            shown = [f"{cells[m]['mean']:.2f} ± {cells[m]['std']:.2f}" for m in (*METRICS, "image_dependence")]
+            lines.append(f"| {percent} | {arm} | " + " | ".join(shown) + f" | {cells['average']['n']} |")
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path, title: str) -> None:
+def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path, title: str,
+         baselines: dict[str, dict[str, Any]] | None = None) -> None:
     """Average accuracy (mean ± std over seeds) against data fraction, one line per arm."""
     import matplotlib
     matplotlib.use("Agg")
@@ -256,6 +276,10 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path, title: str) 
         means = [summary[f][arm]["average"]["mean"] for f in fractions if arm in summary[f]]
         stds = [summary[f][arm]["average"]["std"] for f in fractions if arm in summary[f]]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=arm)
+    if baselines:
+        shown = [f for f in fractions if f in baselines]
+        ax.plot([100 * float(f) for f in shown], [baselines[f]["original"]["average"] for f in shown], "k--",
+                marker="x", label="question-only prior")
     ax.set_xlabel("training data (percent of the pool of easy-vqa train images)")
     ax.set_ylabel("VQA average (open recall + closed acc) / 2")
     ax.set_title(title, fontsize=9)
@@ -267,9 +291,40 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path, title: str) 
     plt.close(fig)
 
 
+def _cell_name(seed: int, fraction: float, arm: str) -> str:
+    return f"seed{seed}_frac{round(fraction * 100):03d}_{arm}"
+
+
+def _write_outputs(out_dir: Path, cells: list[dict[str, Any]], data: Any, *, budget: Budget, seeds: tuple[int, ...],
+                   fractions: tuple[float, ...], arms: tuple[str, ...], wall_s: float | None) -> dict[str, Any]:
+    """Diagnostics, summary, ``results.json``, ``table.md`` and the plot from finished cells."""
+    from .diagnostics import image_dependence, question_only_baseline
+
+    for cell in cells:
+        predictions = out_dir / "cells" / _cell_name(cell["seed"], cell["fraction"], cell["arm"]) / "predictions.jsonl"
+        cell["image_dependence"] = image_dependence(data.vqa_test, predictions)
+    baselines = {str(f): question_only_baseline(data.fractions[f].vqa_train, data.vqa_test, data.candidates,
+                                                out_dir / "baselines" / f"frac{round(f * 100):03d}")
+                 for f in fractions}
+    summary = {name: summarize(cells, name) for name in ("original", "strict")}
+    results = {"partial": False, "budget": asdict(budget), "seeds": list(seeds), "fractions": list(fractions),
+               "arms": list(arms), "data": data.counts, "wall_s": wall_s, "load_average_at_end": os.getloadavg(),
+               "cpu_count": os.cpu_count(), "question_only_baseline": baselines, "summary": summary, "cells": cells}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    tables = [format_table(summary["original"], "Original metrics (run_eval.py, as the paper reports):", baselines),
+              format_table(summary["strict"], "Strict metrics (exgramed eval-vqa 'strict'):", baselines, "strict")]
+    (out_dir / "table.md").write_text("\n\n".join(tables) + "\n")
+    plot(summary["original"], out_dir / "accuracy_vs_fraction.png",
+         f"easy-vqa, {len(seeds)} seed(s), {budget.stage2_steps}+{budget.finetune_steps} steps per run", baselines)
+    return results
+
+
 def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fractions: tuple[float, ...],
-                   arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
-    """Prepare data, then every cell in its own worker; writes ``results.json``, the table and the plot."""
+                   arms: tuple[str, ...] = ARMS, summarize_only: bool = False) -> dict[str, Any]:
+    """Prepare data, then every cell in its own worker; writes ``results.json``, the table and the plot.
+
+    ``summarize_only``: no training; rebuild the outputs from the cells of an earlier run in ``out_dir``.
+    """
     from ..data.tiny import make_tiny_checkpoint
     from .easy_vqa_data import prepare_easy_vqa
 
@@ -278,8 +333,19 @@ def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fra
     started = time.perf_counter()
     data = prepare_easy_vqa(out_dir / "data", fractions, n_open=budget.n_open, n_closed=budget.n_closed,
                             pool_images=budget.pool_images)
-    cells: list[dict[str, Any]] = []
     results_path = out_dir / "results.json"
+    if summarize_only:
+        if not results_path.is_file():
+            raise FileNotFoundError(f"{results_path}: no earlier run to summarise")
+        earlier = json.loads(results_path.read_text())
+        wanted = {(s, f, a) for s in seeds for f in fractions for a in arms}
+        cells = [c for c in earlier["cells"] if (c["seed"], c["fraction"], c["arm"]) in wanted]
+        missing = wanted - {(c["seed"], c["fraction"], c["arm"]) for c in cells}
+        if missing:
+            raise ValueError(f"{results_path}: no finished cell for (seed, fraction, arm) {sorted(missing)}")
+        return _write_outputs(out_dir, cells, data, budget=budget, seeds=seeds, fractions=fractions, arms=arms,
+                              wall_s=earlier.get("wall_s"))
+    cells: list[dict[str, Any]] = []
     total = len(seeds) * len(fractions) * len(arms)
     for seed in seeds:
         checkpoint = make_tiny_checkpoint(out_dir / "checkpoints" / f"seed{seed}", hidden_size=budget.hidden_size,
@@ -288,7 +354,7 @@ def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fra
         for fraction in fractions:
             files = data.fractions[fraction]
             for arm in arms:
-                name = f"seed{seed}_frac{round(fraction * 100):03d}_{arm}"
+                name = _cell_name(seed, fraction, arm)
                 spec = CellSpec(seed, fraction, arm, str(checkpoint), str(files.alignment), str(files.vqa_train),
                                 str(data.vqa_test), str(data.candidates), str(out_dir / "cells" / name),
                                 asdict(budget))
@@ -300,18 +366,8 @@ def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fra
                       f"(open {cell['original']['open_recall']:.2f}, closed {cell['original']['closed_accuracy']:.2f})"
                       f" in {cell['wall_s']:.0f} s", flush=True)
                 results_path.write_text(json.dumps({"partial": True, "cells": cells}, indent=1))
-    summary = {name: summarize(cells, name) for name in ("original", "strict")}
-    results = {"partial": False, "budget": asdict(budget), "seeds": list(seeds), "fractions": list(fractions),
-               "arms": list(arms), "data": data.counts, "wall_s": time.perf_counter() - started,
-               "load_average_at_end": os.getloadavg(), "cpu_count": os.cpu_count(), "summary": summary,
-               "cells": cells}
-    results_path.write_text(json.dumps(results, indent=1))
-    tables = [format_table(summary["original"], "Original metrics (run_eval.py, as the paper reports):"),
-              format_table(summary["strict"], "Strict metrics (exgramed eval-vqa 'strict'):")]
-    (out_dir / "table.md").write_text("\n\n".join(tables) + "\n")
-    plot(summary["original"], out_dir / "accuracy_vs_fraction.png",
-         f"easy-vqa, {len(seeds)} seed(s), {budget.stage2_steps}+{budget.finetune_steps} steps per run")
-    return results
+    return _write_outputs(out_dir, cells, data, budget=budget, seeds=seeds, fractions=fractions, arms=arms,
+                          wall_s=time.perf_counter() - started)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     de.add_argument("--fractions", type=float, nargs="+", default=None, help="override the data fractions")
     de.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="override the arms")
+    de.add_argument("--summarize-only", action="store_true",
+                    help="train nothing: rebuild table, plot and diagnostics from the finished cells in --out")
     return parser
 
 
@@ -343,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else SEEDS)
     fractions = tuple(args.fractions) if args.fractions else ((0.1,) if args.quick else FRACTIONS)
     arms = tuple(args.arms) if args.arms else ARMS
-    results = run_experiment(args.out, budget=budget, seeds=seeds, fractions=fractions, arms=arms)
+    results = run_experiment(args.out, budget=budget, seeds=seeds, fractions=fractions, arms=arms,
+                             summarize_only=args.summarize_only)
     print()
     print((args.out / "table.md").read_text())
-    print(f"wall time {results['wall_s']:.0f} s; written: {args.out / 'results.json'}, {args.out / 'table.md'}, "
+    wall = f"wall time {results['wall_s']:.0f} s; " if results["wall_s"] is not None else ""
+    print(f"{wall}written: {args.out / 'results.json'}, {args.out / 'table.md'}, "
           f"{args.out / 'accuracy_vs_fraction.png'}")
     return 0
 

@@ -29,6 +29,19 @@ def test_quick_run_completes(tmp_path):
             for metric in ("open_recall", "closed_accuracy", "average"):
                 assert arm[metric]["n"] == 1
     table = (out / "table.md").read_text()
-    for arm in ("none", "infonce", "mga"):
+    for arm in ("none", "infonce", "mga", "question-only prior"):
         assert f"| 10 % | {arm} |" in table
+    assert all(cell["image_dependence"] is not None for cell in results["cells"])
+    assert set(results["question_only_baseline"]) == {"0.1"}
     assert (out / "accuracy_vs_fraction.png").stat().st_size > 0
+
+    # --summarize-only trains nothing and rebuilds the same table from the finished cells
+    (out / "table.md").unlink()
+    cell_files = {path: path.stat().st_mtime_ns for path in (out / "cells").glob("*.result.json")}
+    completed = subprocess.run([sys.executable, "-m", "exgramed_plugin.cli", "experiment", "data-efficiency",
+                                "--quick", "--summarize-only", "--out", str(out)], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert (out / "table.md").read_text() == table
+    assert len(cell_files) == 3
+    assert {path: path.stat().st_mtime_ns for path in (out / "cells").glob("*.result.json")} == cell_files
