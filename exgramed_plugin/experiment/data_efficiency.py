@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,9 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     de.add_argument("--fractions", type=float, nargs="+", default=None, help="override the data fractions")
     de.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="override the arms")
+    de.add_argument("--stage2-steps", type=int, default=None, help="override the stage-2 steps of every run")
+    de.add_argument("--finetune-steps", type=int, default=None, help="override the VQA fine-tuning steps of every run")
+    de.add_argument("--train-vision-tower", action="store_true", help="train the (random) vision tower too")
     de.add_argument("--summarize-only", action="store_true",
                     help="train nothing: rebuild table, plot and diagnostics from the finished cells in --out")
     return parser
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """``FULL`` (or ``QUICK``) with the step / vision-tower overrides given on the command line."""
+    overrides = {"stage2_steps": args.stage2_steps, "finetune_steps": args.finetune_steps,
+                 "train_vision_tower": args.train_vision_tower or None}
+    return replace(QUICK if args.quick else FULL, **{key: value for key, value in overrides.items() if value is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    budget = QUICK if args.quick else FULL
+    budget = budget_from_args(args)
     seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else SEEDS)
     fractions = tuple(args.fractions) if args.fractions else ((0.1,) if args.quick else FRACTIONS)
     arms = tuple(args.arms) if args.arms else ARMS

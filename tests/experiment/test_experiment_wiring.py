@@ -95,3 +95,13 @@ def test_prepare_writes_nested_fractions(tmp_path):
         assert row["conversations"][0]["value"].endswith(' (Answer with either "Yes" or "No").\n<image>') == closed
     row = json.loads(data.fractions[0.1].alignment.read_text())[0]
     assert len(row["conversations"]) == len(row["conversations_long"]) <= 8
+
+
+def test_command_line_overrides_the_budget():
+    from exgramed_plugin.experiment.data_efficiency import FULL, QUICK, budget_from_args, build_parser
+    parse = build_parser().parse_args
+    assert budget_from_args(parse(["data-efficiency"])) == FULL
+    budget = budget_from_args(parse(["data-efficiency", "--finetune-steps", "1000", "--train-vision-tower"]))
+    assert (budget.stage2_steps, budget.finetune_steps, budget.train_vision_tower) == (FULL.stage2_steps, 1000, True)
+    budget = budget_from_args(parse(["data-efficiency", "--quick", "--stage2-steps", "3"]))
+    assert (budget.stage2_steps, budget.finetune_steps, budget.n_open) == (3, QUICK.finetune_steps, QUICK.n_open)
