@@ -23,11 +23,17 @@ def completion(content: str, model: str = "recorded") -> dict[str, Any]:
 
 
 class RecordedServer:
-    """Serves ``/v1/chat/completions`` from ``responder`` and records every request body."""
+    """Serves ``/v1/chat/completions`` from ``responder`` and records every request body.
 
-    def __init__(self, responder: Responder, delay: float = 0.0) -> None:
+    ``hold_after=N``: requests after the first N are held (not answered) until :meth:`release`, so a
+    test can interrupt a client at a known point however fast or slow the machine is.
+    """
+
+    def __init__(self, responder: Responder, delay: float = 0.0, hold_after: int | None = None) -> None:
         self.responder = responder
         self.delay = delay
+        self.hold_after = hold_after
+        self._released = threading.Event()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -54,8 +60,11 @@ class RecordedServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 payload = json.loads(self.rfile.read(length))
                 with owner._lock:
+                    position = len(owner.requests)
                     owner.requests.append(payload)
                     owner.headers.append(dict(self.headers))
+                if owner.hold_after is not None and position >= owner.hold_after:
+                    owner._released.wait(timeout=120)
                 if self.path != "/v1/chat/completions":
                     self._send(404, b'{"error": "not found"}')
                     return
@@ -73,6 +82,10 @@ class RecordedServer:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    def release(self) -> None:
+        """Answer the held requests and every later one."""
+        self._released.set()
+
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
@@ -83,6 +96,7 @@ class RecordedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -236,12 +236,16 @@ def test_resumes_after_an_interrupted_run_without_duplicates(tmp_path, how):
     rows = _write_big_input(data, N_BIG)
     out = tmp_path / "out.json"
     progress = Path(f"{out}.progress.jsonl")
-    with RecordedServer(recorded_responder, delay=0.3) as server:
+    # the server answers 3 requests, then holds the rest until released: the interrupt always lands
+    # mid-run with requests in flight, whatever the machine's speed
+    with RecordedServer(recorded_responder, hold_after=3) as server:
         args = ["--in", str(data), "--out", str(out), "--base-url", server.base_url, "--model", "recorded",
                 "--concurrency", "2", "--backoff", "0", "--no-progress-bar"]
         first = _cli(args)
         _wait_for_lines(progress, 3)
         first.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+        time.sleep(1.0)  # let the client take the signal before the held requests are answered
+        server.release()
         stdout, stderr = first.communicate(timeout=30)
         saved = read_jsonl_records(progress)
         assert 3 <= len(saved) < N_BIG and not out.exists()
