@@ -215,10 +215,17 @@ def _write_big_input(path, n):
     return rows
 
 
+def _default_sigint() -> None:
+    # a suite started in the background (``cmd &``, nohup) has SIGINT ignored, the child would inherit
+    # that and Python would install no KeyboardInterrupt handler: give the CLI a terminal's Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, **kwargs):
     env = {**os.environ, "OPENAI_API_KEY": "dummy"}
     return subprocess.Popen([sys.executable, "-m", "exgramed_plugin.data.extend_captions", *args], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 def _wait_for_lines(path, n, timeout=30.0):
