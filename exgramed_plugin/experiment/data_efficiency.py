@@ -230,9 +230,8 @@ def summarize(cells: list[dict[str, Any]], metric_set: str = "original") -> dict
         for arm in arms:
             rows = [c for c in cells if str(c["fraction"]) == fraction and c["arm"] == arm]
             for metric in (*METRICS, "image_dependence"):
-                values = [float(value) for c in rows
-                          if (value := (c.get(metric) if metric == "image_dependence" else c[metric_set].get(metric)))
-                          is not None]
+                found = [(c if metric == "image_dependence" else c[metric_set]).get(metric) for c in rows]
+                values = [float(value) for value in found if value is not None]
                 mean, std = _mean_std(values) if values else (float("nan"), float("nan"))
                 arms[arm][metric] = {"mean": mean, "std": std, "n": len(values), "values": values}
     return summary

@@ -594,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.dst.exists() and any(args.dst.iterdir()):
         raise SystemExit(f"exgramed convert: {args.dst} exists and is not empty")
@@ -605,5 +606,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.dense_connector not in (None, "none"):
             raise SystemExit("exgramed convert: --to llava-hf needs a checkpoint without a dense connector")
         out = convert_to_llava_hf(args.src, args.dst, vision_tower=args.vision_tower, dtype=dtype)
-    print(f"converted {args.src} -> {out} ({args.to})")
+    logger.info("converted %s -> %s (%s)", args.src, out, args.to)
     return 0
