@@ -105,3 +105,12 @@ def test_command_line_overrides_the_budget():
     assert (budget.stage2_steps, budget.finetune_steps, budget.train_vision_tower) == (FULL.stage2_steps, 1000, True)
     budget = budget_from_args(parse(["data-efficiency", "--quick", "--stage2-steps", "3"]))
     assert (budget.stage2_steps, budget.finetune_steps, budget.n_open) == (3, QUICK.finetune_steps, QUICK.n_open)
+
+
+@pytest.mark.parametrize("train_tower, freeze_vit", [(False, "true"), (True, "false")])
+def test_vision_tower_switch_reaches_swift(train_tower, freeze_vit):
+    from dataclasses import replace
+
+    from exgramed_plugin.experiment.data_efficiency import FULL, _common_sft_args
+    args = _common_sft_args(replace(FULL, train_vision_tower=train_tower), seed=0)
+    assert args[args.index("--freeze_vit") + 1] == freeze_vit
