@@ -1,15 +1,18 @@
 """Graph-matching solver benchmark: time per batch and objective relative to the best found.
 
-Usage:  .venv/bin/python benchmarks/bench_solvers.py [--sizes 8 16 64 256] [--seeds 2] [--threads 2]
+Usage:  .venv/bin/python benchmarks/bench_solvers.py [--sizes 8 16 64 256] [--batches N] [--families ...]
 
 Instance families (costs built exactly like the MGA, method-spec §3.8, k = 5):
 * random:      two independent random node sets; B's structure copied from A (as in the MGA)
 * structured:  B = permuted noisy copy of A (noise 0.5), each graph its own kNN
 * gaussian:    i.i.d. Gaussian unary/quadratic costs on random kNN graphs (a hard stress test)
-Objective gap = (f - f_best) / |f_best| per instance, f_best = best over all solvers run
-("exact" where n <= 8). References: pygmtools sm / ipfp / rrwm (numpy backend, dense
-Lawler K, full permutations, then unprofitable pairs dropped) and POT (our "fgw").
-Also prints the MGA-step timing (b = 6, n = 16: forward + backward solve, batched).
+Objective gap = (f - f_best) / |f_best| per instance, f_best = best over all solvers run. At
+n <= 8 that is the optimum: "optimum" is branch-and-bound run to its proof (checked against the
+enumeration "exact" on the first --exact-batches batches). At n = 16 and 64 it includes
+"ils-long", our iterated local search with a long restart budget. References: pygmtools sm /
+ipfp / rrwm (numpy backend, dense Lawler K, full permutations, then unprofitable pairs dropped)
+and POT (our "fgw"). Also prints the MGA-step timing (b = 6, n = 16: forward + backward solve,
+batched) as min / median / max over --step-repeats repetitions.
 """
 
 from __future__ import annotations
@@ -118,73 +121,110 @@ def timed(fn, repeats):
     return out, min(times)
 
 
-def mga_step_time(repeats: int = 50) -> dict[str, float]:
+def mga_step_time(repeats: int, solvers: tuple[str, ...] = ("auto", "ipfp", "lap")) -> dict[str, tuple[float, float, float]]:
+    """min / median / max ms of one MGA step's solves (b = 6, n = 16: forward + backward) per solver.
+
+    The solvers take turns within each repetition, in rotating order, so a busy machine slows them alike.
+    """
     problems = make_instances("random", 6, 16, seed=123)
     unary, quadratic = problems[0].float(), problems[1].float()
-    result = {}
-    for solver in ("ipfp", "lap"):
-        def step():
-            u = unary.clone().requires_grad_(True)
-            q = quadratic.clone().requires_grad_(True)
-            hamming_loss(blackbox_matching(u, q, problems[2], problems[3], solver=solver)).mean().backward()
 
-        step()
-        _, best = timed(step, repeats)
-        times = [timed(step, 1)[1] for _ in range(repeats)]
-        result[solver] = (best * 1e3, statistics.median(times) * 1e3)
-    return result
+    def step(solver: str) -> None:
+        u = unary.clone().requires_grad_(True)
+        q = quadratic.clone().requires_grad_(True)
+        hamming_loss(blackbox_matching(u, q, problems[2], problems[3], solver=solver)).mean().backward()
+
+    times: dict[str, list[float]] = {solver: [] for solver in solvers}
+    for solver in solvers:
+        step(solver)  # warm-up
+    for repeat in range(repeats):
+        shift = repeat % len(solvers)  # rotate: the first of a round is slower on a busy machine
+        for solver in solvers[shift:] + solvers[:shift]:
+            times[solver].append(timed(lambda: step(solver), 1)[1] * 1e3)
+    return {solver: (min(t), statistics.median(t), max(t)) for solver, t in times.items()}
+
+
+LONG_RUN = {"rounds": 200, "patience": 50, "seed": 1}  # "ils-long": twice the rounds, 6x the patience, other kicks
+
+
+def solvers_for(n: int, pygm: bool) -> list[str]:
+    names = ["auto", "ipfp", "lap", "fgw"]
+    if n <= 64:
+        names += ["ils", "bnb"]
+    if 8 < n <= 64:
+        names.append("ils-long")
+    if pygm and n <= 64:
+        names += ["pygm-sm", "pygm-ipfp"] + (["pygm-rrwm"] if n <= 16 else [])  # rrwm: 3.6 s a batch at 64
+    return names
+
+
+def solve(name: str, problems) -> tuple[torch.Tensor, float]:
+    if name.startswith("pygm-"):
+        x, elapsed = run_pygm(name, problems)
+        return drop_unprofitable(x, *problems), elapsed
+    if name == "ils-long":
+        return timed(lambda: solve_graph_matching(*problems, solver="ils", **LONG_RUN), 1)
+    if name == "optimum":  # proven branch-and-bound: the exact optimum, without enumerating
+        return timed(lambda: solve_graph_matching(*problems, solver="bnb", node_budget=10**7), 1)
+    repeats = 3 if name in ("auto", "ipfp", "lap", "bnb") else 1
+    return timed(lambda: solve_graph_matching(*problems, solver=name), repeats)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 64, 256])
-    parser.add_argument("--seeds", type=int, default=2, help="batches per (family, n)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="batches of 6 per (family, n); default 10 at n <= 8, 7 at 16 and 64, 3 (of 1) at 256")
+    parser.add_argument("--exact-batches", type=int, default=2, help="batches also solved by enumeration at n <= 8")
     parser.add_argument("--families", nargs="+", default=["random", "structured", "gaussian"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--step-repeats", type=int, default=300)
     parser.add_argument("--no-pygm", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
-    steps = mga_step_time()
-    for solver, (best, median) in steps.items():
-        print(f"MGA step (b=6, n=16, k=5, forward + backward solve), solver={solver}: best {best:.2f} ms, median {median:.2f} ms")
+    if args.step_repeats:
+        for solver, (low, median, high) in mga_step_time(args.step_repeats).items():
+            print(f"MGA step (b=6, n=16, k=5, forward + backward solve, {args.step_repeats} reps), solver={solver}: "
+                  f"min {low:.2f} ms, median {median:.2f} ms, max {high:.2f} ms")
 
-    header = f"| family | n | b | solver | ms / batch | mean gap | max gap | within 1% |"
     print()
-    print(header)
+    print("| family | n | instances | solver | ms / batch | mean gap | max gap | within 1% |")
     print("|" + "---|" * 8)
+    checked = 0
     for family in args.families:
         for n in args.sizes:
             batch = 6 if n <= 64 else 1
-            seeds = args.seeds if n < 256 else max(args.seeds, 3)
-            solvers = ["ipfp", "lap", "fgw"]
-            if n <= 8:
-                solvers.append("exact")
-            pygm_names = [] if args.no_pygm or n > 64 else ["pygm-sm", "pygm-ipfp", "pygm-rrwm"]
-            values: dict[str, list[torch.Tensor]] = {s: [] for s in solvers + pygm_names}
-            times: dict[str, list[float]] = {s: [] for s in solvers + pygm_names}
-            for seed in range(seeds):
+            batches = args.batches or (10 if n <= 8 else 7 if n <= 64 else 3)
+            names = solvers_for(n, not args.no_pygm)
+            values: dict[str, list[torch.Tensor]] = {}
+            times: dict[str, list[float]] = {}
+            for seed in range(batches):
                 problems = make_instances(family, batch, n, seed=1000 * n + seed)
-                for solver in solvers:
-                    repeats = 1 if solver in ("exact", "fgw") else 3
-                    x, elapsed = timed(lambda: solve_graph_matching(*problems, solver=solver), repeats)
-                    values[solver].append(matching_objective(x, *problems))
-                    times[solver].append(elapsed)
-                for name in pygm_names:
-                    x, elapsed = run_pygm(name, problems)
-                    x = drop_unprofitable(x, *problems)
-                    values[name].append(matching_objective(x, *problems))
-                    times[name].append(elapsed)
-            stacked = {s: torch.cat(v) for s, v in values.items()}
+                extra = ["optimum"] if n <= 8 else []
+                if n <= 8 and seed < args.exact_batches:
+                    extra.append("exact")
+                for name in names + extra:
+                    x, elapsed = solve(name, problems)
+                    values.setdefault(name, []).append(matching_objective(x, *problems))
+                    times.setdefault(name, []).append(elapsed)
+            if "exact" in values:  # the proven optimum must be the enumerated one
+                enumerated = torch.cat(values["exact"])
+                proven = torch.cat(values["optimum"])[: len(enumerated)]
+                assert torch.allclose(enumerated, proven, atol=1e-9), (enumerated, proven)
+                checked += len(enumerated)
+            stacked = {name: torch.cat(v) for name, v in values.items() if name != "exact"}
             best = torch.stack(list(stacked.values())).min(dim=0).values
-            for solver, value in stacked.items():
+            for name, value in stacked.items():
                 gap = (value - best) / best.abs().clamp_min(1e-9)
                 print(
-                    f"| {family} | {n} | {batch} | {solver} | {1e3 * statistics.median(times[solver]):.2f} | "
+                    f"| {family} | {n} | {len(value)} | {name} | {1e3 * statistics.median(times[name]):.2f} | "
                     f"{100 * gap.mean():.2f}% | {100 * gap.max():.2f}% | {100 * (gap <= 0.01).double().mean():.0f}% |"
                 )
             sys.stdout.flush()
+    if checked:
+        print(f"\n'optimum' (proven branch-and-bound) equals the enumeration 'exact' on all {checked} instances checked.")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,24 @@ import sys
 from pathlib import Path
 
 
+# make-tiny options that shape an exgra_med checkpoint only (refused with another --model-type).
+_EXGRA_MED_TINY_OPTIONS = ("dense_connector", "image_size", "patch_size", "hidden_size", "num_layers", "projector",
+                           "no_im_start_end")
+
+
 def _make_tiny(args: argparse.Namespace) -> int:
+    if args.model_type != "exgra_med":
+        from .data.tiny_models import make_tiny_model
+        given = [f"--{name.replace('_', '-')}" for name in _EXGRA_MED_TINY_OPTIONS
+                 if getattr(args, name) != args.defaults[name]]
+        if given:
+            print(f"error: {', '.join(given)} shape(s) exgra_med checkpoints only, not --model-type {args.model_type}",
+                  file=sys.stderr)
+            return 2
+        out = make_tiny_model(args.model_type, args.out, seed=args.seed)
+        print(f"tiny {args.model_type} checkpoint written to {out} (load it with --model_type {args.model_type} "
+              f"--template {args.model_type})")
+        return 0
     from .data.tiny import make_tiny_checkpoint
     out = make_tiny_checkpoint(args.out, dense_connector=args.dense_connector, image_size=args.image_size,
                                patch_size=args.patch_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
@@ -38,11 +55,13 @@ def _demo(args: argparse.Namespace) -> int:
 # Subcommands that own their argument parsing: name -> (module, function taking argv, help).
 DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-vqa": ("exgramed_plugin.eval.eval_vqa", "main",
-                 "score answers against a VQA file (original and strict metrics)"),
+                 "score answers against a VQA file (original, strict, MedEvalKit metrics)"),
     "convert": ("exgramed_plugin.modeling.checkpoint", "main",
                 "convert an original LLaVA-Med / ExGra-Med checkpoint to the plugin or llava-hf layout"),
     "predict": ("exgramed_plugin.eval.predict", "main",
                 "batched greedy VQA answers (answers JSONL of the original, resumable)"),
+    "reproduce": ("exgramed_plugin.eval.reproduce", "main",
+                  "published checkpoint + benchmark: download, predict (original prompt), score, paper's number"),
     "eval-zeroshot": ("exgramed_plugin.eval.zeroshot", "main",
                       "OmniMedVQA zero-shot: original prompt + difflib, and option likelihood"),
     "subset": ("exgramed_plugin.data.tools", "subset_main",
@@ -57,6 +76,7 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
                  "MERGE-Group checkpoints and data from the Hugging Face hub (resumable, offline-aware)"),
     "report": ("exgramed_plugin.eval.report", "main",
                "Markdown/HTML report of a swift run: loss curves, eval metrics, accuracy by answer type"),
+    "compare": ("exgramed_plugin.eval.compare", "main", "models' answers to the same VQA questions: paired 95 % CIs"),
     "eval-chat": ("exgramed_plugin.eval.chat_judge", "main",
                   "LLaVA-Med chatbot eval with an OpenAI-compatible judge (relative score per type/domain)"),
     "experiment": ("exgramed_plugin.experiment.data_efficiency", "main",
@@ -65,6 +85,8 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
                         "extended answers (conversations_long) from an OpenAI-compatible LLM; resumable"),
     "webui": ("exgramed_plugin.webui", "main",
               "swift's web UI with the exgra_med plugin loaded (127.0.0.1 by default)"),
+    "doctor": ("exgramed_plugin.doctor", "main",
+               "check this machine: packages and their versions, GPU, extras, data root, hub, registration"),
 }
 
 
@@ -75,12 +97,15 @@ def _run_delegated(name: str, argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.tiny_models import TINY_MODEL_TYPES
     from .modeling.configuration import DENSE_CONNECTOR_TYPES  # torch + transformers: not for delegated commands
     parser = argparse.ArgumentParser(prog="exgramed", description="ExGra-Med tools for ms-swift")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("make-tiny", help="write a tiny random exgra_med checkpoint (offline)")
+    tiny = sub.add_parser("make-tiny", help="write a tiny random exgra_med (or qwen2_5_vl) checkpoint (offline)")
     tiny.add_argument("out", type=Path)
+    tiny.add_argument("--model-type", "--model_type", dest="model_type", choices=("exgra_med", *TINY_MODEL_TYPES),
+                      default="exgra_med", help="exgra_med (default) or a swift model type (data/tiny_models.py)")
     tiny.add_argument("--dense-connector", choices=DENSE_CONNECTOR_TYPES, default="none")
     tiny.add_argument("--image-size", type=int, default=56)
     tiny.add_argument("--patch-size", type=int, default=14)
@@ -89,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--projector", default="mlp2x_gelu", help="linear, identity or mlp<N>x_gelu")
     tiny.add_argument("--no-im-start-end", action="store_true", help="plain <im_patch> runs (mm_use_im_start_end false)")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(handler=_make_tiny)
+    tiny.set_defaults(handler=_make_tiny, defaults={name: tiny.get_default(name) for name in _EXGRA_MED_TINY_OPTIONS})
 
     demo_data = sub.add_parser("make-demo-data", help="write the demo train/test set from real medical images")
     demo_data.add_argument("out", type=Path)
@@ -109,13 +134,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that describe bad input (module, class). Looked up, not imported: importing those modules
+# pulls in torch / transformers, and an error of such a class means its module is loaded already.
+_BAD_INPUT_ERRORS = (("data.jsonio", "JsonFileError"), ("data.formats", "DataFormatError"),
+                     ("settings", "SettingsError"), ("modeling.weight_files", "CheckpointError"))
+
+
+def _is_bad_input(error: ValueError) -> bool:
+    """A bad JSON file, a bad row, a bad setting or a broken checkpoint."""
+    for module_name, class_name in _BAD_INPUT_ERRORS:
+        module = sys.modules.get(f"{__package__}.{module_name}")
+        if module is not None and isinstance(error, getattr(module, class_name)):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Bad input ends with exit code 2 and its ``FILE:LINE:COLUMN: ...`` (or file, row id and field)
+    as the last line of stderr, not a traceback, whichever subcommand met it."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="[exgramed] %(message)s")
-    if argv and argv[0] in DELEGATED_COMMANDS:
-        return _run_delegated(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        if argv and argv[0] in DELEGATED_COMMANDS:
+            return _run_delegated(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except ValueError as error:
+        if not _is_bad_input(error):
+            raise
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data.demo_data import make_demo_data
+from .data.jsonio import read_jsonl, write_json
 from .data.tiny import make_tiny_checkpoint
 from .eval.eval_vqa import evaluate_vqa, format_report_table, write_report
 
@@ -74,8 +75,7 @@ def _log_losses(train_dir: Path, keys: tuple[str, ...]) -> None:
     logs = sorted(train_dir.glob("v*-*/logging.jsonl"))
     if not logs:
         return
-    for line in logs[-1].read_text().splitlines():
-        row = json.loads(line)
+    for _, row in read_jsonl(logs[-1]):
         if "loss" in row and "global_step/max_steps" in row:
             logger.info("  step %-7s %s", row["global_step/max_steps"],
                         "  ".join(f"{k} {row[k]:.4f}" for k in keys if k in row))
@@ -122,17 +122,17 @@ def run_demo(out_dir: str | os.PathLike, *, max_steps: int | None = None, max_ne
     _log_losses(vqa_dir, ("loss",))
     trained = last_checkpoint(vqa_dir)
 
-    logger.info("[5/%d] swift infer on the demo test split (EXGRAMED_PROMPT_STYLE=%s)", stages, prompt_style)
+    logger.info("[5/%d] swift infer on the demo test split (prompt style %s)", stages, prompt_style)
     predictions = out_dir / "predictions.jsonl"
     predictions.unlink(missing_ok=True)
-    run_swift(["infer", "--model", str(trained), "--val_dataset", str(data.vqa_test), "--result_path",
-               str(predictions), "--max_new_tokens", str(max_new_tokens), "--temperature", "0",
-               "--max_batch_size", "8"], cwd=out_dir, env={"EXGRAMED_PROMPT_STYLE": prompt_style})
+    run_swift(["infer", "--model", str(trained), "--model_kwargs", json.dumps({"exgramed_prompt_style": prompt_style}),
+               "--val_dataset", str(data.vqa_test), "--result_path", str(predictions), "--max_new_tokens",
+               str(max_new_tokens), "--temperature", "0", "--max_batch_size", "8"], cwd=out_dir)
     logger.info("[6/%d] VQA scores (original and strict metrics)", stages)
     report = evaluate_vqa(data.vqa_test, predictions, data.candidates)
     metrics_json, per_question_csv = out_dir / "metrics.json", out_dir / "per_question.csv"
     write_report(report, metrics_json, per_question_csv)
     logger.info("\n%s", format_report_table(report))
     result = DemoResult(checkpoint, data.root, stage2, trained, predictions, metrics_json, per_question_csv)
-    (out_dir / "demo_result.json").write_text(json.dumps({k: str(v) for k, v in result.__dict__.items()}, indent=2))
+    write_json(out_dir / "demo_result.json", {k: str(v) for k, v in result.__dict__.items()})
     return result

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .data.jsonio import JsonFileError, read_json
+
 logger = logging.getLogger(__name__)
 
 ORG = "MERGE-Group"
@@ -217,9 +219,12 @@ def check_data_folder(repo: HubRepo, folder: Path) -> list[str]:
         if not path.is_file() or repo.data_folder == "llava_med":
             continue
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            problems.append(f"{path}: unreadable JSON ({error})")
+            rows = read_json(path)
+        except JsonFileError as error:
+            problems.append(str(error))
+            continue
+        except OSError as error:
+            problems.append(f"{path}: unreadable ({error})")
             continue
         missing = [row.get("image") for row in rows[:20]
                    if row.get("image") and not (folder / str(row["image"])).is_file()]

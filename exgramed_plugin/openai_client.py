@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exgramed_plugin.data.jsonio import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -196,81 +198,11 @@ class ChatClient:
 
 
 def read_jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a JSONL progress file; a torn last line (crash mid-write) is skipped with a warning.
-
-    A bad line anywhere else means the file is not ours: that is an error, not something to skip.
-    """
+    """Records of a JSONL progress file (none if it does not exist yet); a torn last line (crash
+    mid-write) is skipped with a warning, a bad line anywhere else is an error naming its position."""
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    records: list[dict[str, Any]] = []
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            if number == last:
-                logger.warning("%s: ignoring a truncated last line (interrupted write)", path)
-                continue
-            raise ValueError(f"{path}:{number + 1}: not a progress record: {error}") from error
-        records.append(record)
-    return records
-
-
-def _drop_torn_tail(path: str | os.PathLike, block: int = 1 << 16) -> None:
-    """Truncate ``path`` after its last newline (nothing to do when it ends with one or is absent)."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        end = size
-        while end > 0:
-            start = max(0, end - block)
-            handle.seek(start)
-            chunk = handle.read(end - start)
-            position = chunk.rfind(b"\n")
-            if position >= 0:
-                keep = start + position + 1
-                break
-            end = start
-        else:
-            keep = 0
-        if keep < size:
-            logger.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted write",
-                           path, size - keep)
-            handle.truncate(keep)
-
-
-class JsonlAppender:
-    """Append-only JSONL writer: one flushed (and fsync'ed) line per record, so a crash or Ctrl-C
-    keeps every record written so far. A torn last line left by a crash (no final newline) is cut
-    off first, so every line of the file stays a whole record."""
-
-    def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
-        self.path = path
-        self.fsync = fsync
-        _drop_torn_tail(path)
-        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        if self.fsync:
-            os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    return [record for _, record in read_jsonl(path, drop_torn_last_line=True)]
 
 
 def run_concurrently(items: Sequence[Any], worker: Callable[[Any], Any], on_result: Callable[[Any, Any], None], *,

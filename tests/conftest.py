@@ -13,6 +13,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_TEMPLATES = REPO_ROOT / "data_templates"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    """Each test sees the plugin settings of its own environment, not those of an earlier test."""
+    from exgramed_plugin.settings import clear_settings
+    clear_settings()
+    yield
+    clear_settings()
+
+
 @pytest.fixture(scope="session")
 def registered():
     """The plugin registered into swift, as ``--custom_register_path`` would do."""
@@ -30,3 +39,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_tokenizer():
     from exgramed_plugin.data.tiny import build_tokenizer
     return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
+    """A tiny random swift ``qwen2_5_vl`` checkpoint (load with model_type/template ``qwen2_5_vl``)."""
+    from exgramed_plugin.data.tiny_models import make_tiny_qwen2_5_vl
+    return make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen") / "tiny-qwen2_5_vl")

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -58,6 +57,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from .jsonio import read_json, write_json
 
 __all__ = [
     "DemoData",
@@ -535,24 +536,13 @@ def _alignment_rows(records: Sequence[_ImageRecord]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write via a temp file + rename so a crashed run never leaves half a JSON behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _remove_previous_images(root: Path) -> None:
     """Delete the images a previous run listed in sources.json (nothing else): a clean rerun."""
     sources_path = root / SOURCES_FILE
     if not sources_path.is_file():
         return
     try:
-        previous = json.loads(sources_path.read_text(encoding="utf-8"))
+        previous = read_json(sources_path)
         rel_paths = [entry["image"] for entry in previous.get("images", [])]
     except (ValueError, AttributeError, KeyError, TypeError):
         logger.warning("ignoring unreadable %s from a previous run", sources_path)
@@ -628,11 +618,11 @@ def make_demo_data(
         candidates=root / CANDIDATE_FILE,
         sources=root / SOURCES_FILE,
     )
-    _write_json(data.alignment_train, _alignment_rows(train))
-    _write_json(data.vqa_train, vqa_train)
-    _write_json(data.vqa_test, vqa_test)
-    _write_json(data.candidates, {"0": open_answers})
-    _write_json(data.sources, _sources_manifest(records, seed=seed, image_size=image_size))
+    write_json(data.alignment_train, _alignment_rows(train))
+    write_json(data.vqa_train, vqa_train)
+    write_json(data.vqa_test, vqa_test)
+    write_json(data.candidates, {"0": open_answers})
+    write_json(data.sources, _sources_manifest(records, seed=seed, image_size=image_size))
     logger.info(
         "demo data: %d train / %d test images, %d / %d VQA rows, written to %s in %.2f s",
         len(train),

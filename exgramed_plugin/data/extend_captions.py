@@ -33,10 +33,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.jsonio import JsonlAppender, read_json, write_json, write_jsonl
 from exgramed_plugin.openai_client import (
     ChatClient,
     ChatRequestError,
-    JsonlAppender,
     add_client_arguments,
     api_key_from_env,
     read_jsonl_records,
@@ -100,10 +100,7 @@ def load_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[TurnI
 
     Turns must alternate human, gpt, human, gpt, ...; anything else is an error naming the row.
     """
-    try:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON: {error}") from error
+    rows = read_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InputError(f"{path}: expected a JSON list of objects (LLaVA-Med format)")
     items: list[TurnItem] = []
@@ -274,12 +271,6 @@ def _output_row(row: dict[str, Any], revisions: list[str]) -> dict[str, Any]:
     return out
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def extend_captions(in_path: str | os.PathLike, out_path: str | os.PathLike, client: ChatClient, *,
                     concurrency: int = 4, settings: GenerationSettings | None = None,
                     system_prompt: str | None = None, progress_path: str | os.PathLike | None = None,
@@ -343,12 +334,10 @@ def extend_captions(in_path: str | os.PathLike, out_path: str | os.PathLike, cli
     output = [_output_row(row, revisions[i]) for i, row in enumerate(rows)
               if len(revisions.get(i, [])) == turns_per_row[i]]
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out_path, output)
+    write_json(out_path, output)
     failures_path = Path(f"{out_path}.failures.jsonl")
     if failed:
-        with open(failures_path, "w", encoding="utf-8") as handle:
-            for key in sorted(failed):
-                handle.write(json.dumps(failed[key], ensure_ascii=False) + "\n")
+        write_jsonl(failures_path, [failed[key] for key in sorted(failed)])
         report.failures = str(failures_path)
     else:
         failures_path.unlink(missing_ok=True)
@@ -358,7 +347,7 @@ def extend_captions(in_path: str | os.PathLike, out_path: str | os.PathLike, cli
     summary = asdict(report)
     summary.update(complete=report.complete, turns_failed_now=len(failed),
                    failed_turns_by_status=dict(Counter(r["status"] for r in failed.values())))
-    _write_json_atomic(summary_path, summary)
+    write_json(summary_path, summary)
     return report
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json, write_jsonl
+
 logger = logging.getLogger(__name__)
 
 _ROLE_FROM = {"human": "user", "gpt": "assistant"}
@@ -41,8 +43,7 @@ IMAGE_PATH_MODES = ("rebase", "keep", "absolute")
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """A JSON list or JSON Lines file of objects (both occur: LLaVA-Med JSON, swift JSONL)."""
-    from exgramed_plugin.eval.eval_vqa import _read_json_or_jsonl
-    return _read_json_or_jsonl(path)
+    return [row for _, row in read_json_or_jsonl(path)]
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]], *, jsonl: bool | None = None) -> Path:
@@ -50,15 +51,7 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]], *, jsonl: bool 
     path = Path(path)
     jsonl = path.suffix == ".jsonl" if jsonl is None else jsonl
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        if jsonl:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            handle.write(json.dumps(list(rows), indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_jsonl(path, rows) if jsonl else write_json(path, list(rows))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,7 +215,7 @@ def build_candidates_main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"0": answers}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out, {"0": answers})
     print(f"{len(answers)} candidate answers -> {out}")
     print(json.dumps({"out": str(out), "candidates": len(answers)}))
     return 0

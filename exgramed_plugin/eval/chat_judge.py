@@ -14,7 +14,6 @@ method-spec §6.3; the rating instruction is reconstructed from its description 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -25,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
 from exgramed_plugin.openai_client import (
     ChatClient,
     ChatRequestError,
-    JsonlAppender,
     add_client_arguments,
     api_key_from_env,
     run_concurrently,
@@ -122,25 +121,11 @@ class ChatQuestion:
     messages: list[dict[str, str]]
 
 
-def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON line: {error}") from error
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
-    return rows
-
-
 def build_questions(questions_path: str | Path, answers_path: str | Path,
                     context_style: str = "original") -> list[ChatQuestion]:
     """Pair answers with questions by ``question_id`` (not by line order as the original) and build
     the judge messages; missing, extra or duplicated ids are an error listing them."""
-    questions = load_jsonl(questions_path)
+    questions = [row for _, row in read_jsonl(questions_path)]
     answers = load_answers(answers_path)
     required = ("question_id", "text", "fig_label", "fig_caption", "in_text_mention", "gpt4_answer", "type")
     for number, row in enumerate(questions, start=1):
@@ -290,13 +275,10 @@ def evaluate_chat(questions_path: str | Path, answers_path: str | Path, client: 
 
 def write_report(report: ChatReport, json_path: str | Path, per_question_path: str | Path) -> None:
     """Summary JSON (groups, counts, unscored list) and the per-question JSONL in question order."""
-    Path(json_path).write_text(json.dumps({"groups": report.groups, "counts": report.counts,
-                                           "unscored": report.unscored, "judge": report.judge,
-                                           "relative_score_definition": "mean(s2/s1) x 100 over scored questions"},
-                                          indent=2), encoding="utf-8")
-    with open(per_question_path, "w", encoding="utf-8") as handle:
-        for record in report.per_question:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_json(json_path, {"groups": report.groups, "counts": report.counts, "unscored": report.unscored,
+                           "judge": report.judge,
+                           "relative_score_definition": "mean(s2/s1) x 100 over scored questions"})
+    write_jsonl(per_question_path, report.per_question)
 
 
 def build_parser() -> argparse.ArgumentParser:

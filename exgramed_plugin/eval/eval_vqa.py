@@ -1,9 +1,11 @@
-"""`exgramed eval-vqa`: score VQA answers with the original metrics and the strict ones, side by side.
+"""`exgramed eval-vqa`: score VQA answers under the original, strict and MedEvalKit conventions, side by side.
 
 Why: users of LLaVA-Med-style code cannot reproduce published numbers because the scoring script is
 order-dependent, needs an unreleased candidate file and has substring / prefix / multiplicity quirks
 (peers doc §1.2-1.3). Here pairs are matched by id, every quirk of the original is reproduced under
-"original", and the corrected numbers are reported under "strict".
+"original", and the corrected numbers are reported under "strict". Recent papers score with
+MedEvalKit instead: with ``--dataset`` its convention is reproduced under "medevalkit" (quirks kept)
+and "medevalkit_corrected" (its bugs fixed), see ``medevalkit_metrics.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.jsonio import read_json, read_json_or_jsonl
+from exgramed_plugin.eval import medevalkit_metrics as mek
 from exgramed_plugin.eval.vqa_metrics import (
     BLEU_WEIGHTS,
     NormalizedCandidates,
@@ -29,6 +33,7 @@ from exgramed_plugin.eval.vqa_metrics import (
     score_pair_original,
     score_pair_strict,
 )
+from exgramed_plugin.openai_client import ChatClient, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +42,46 @@ MAX_IDS_IN_ERROR = 20
 
 # Report key -> (table label, name in the original run_eval.py table or "" if it has none).
 METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "accuracy": ("Accuracy (closed right + open right)/all", ""),  # MedEvalKit's headline
     "closed_accuracy": ("Closed accuracy", "yes/no accuracy"),
     "open_recall": ("Open recall", "recall"),
     "open_accuracy": ("Open accuracy (candidates)", "open accuracy"),
+    "open_judge_accuracy": ("Open accuracy (LLM judge)", ""),
     "average": ("Average (open recall + closed)/2", ""),
     "average_open_accuracy": ("Average (open accuracy + closed)/2", ""),
     "exact_match": ("Exact match", "exact match score"),
     "f1": ("F1", "f1 score"),
     "precision": ("Precision", "precision"),
+    "bleu_cumulative_2": ("BLEU-2 cumulative (uniform)", ""),
+    "bleu_cumulative_3": ("BLEU-3 cumulative (uniform)", ""),
     "bleu_cumulative_4": ("BLEU-4 cumulative (uniform)", "bleu_score"),
     "bleu_1": ("BLEU-1 (1-gram only)", "bleu_score_1"),
     "bleu_2": ("BLEU-2 (2-gram only)", "bleu_score_2"),
     "bleu_3": ("BLEU-3 (3-gram only)", "bleu_score_3"),
     "bleu_4": ("BLEU-4 (4-gram only)", ""),
+    "rouge_1": ("ROUGE-1 F", ""),
+    "rouge_2": ("ROUGE-2 F", ""),
+    "rouge_l": ("ROUGE-L F", ""),
+}
+
+# Report key -> where MedEvalKit's metrics.json holds it. Its precision/recall/f1 hold other values
+# (quirk prf_swapped): the "medevalkit" column shows what it reports, "medevalkit_corrected" the
+# quantity the row names.
+MEDEVALKIT_NAMES: dict[str, str] = {
+    "accuracy": "total metrics/acc",
+    "closed_accuracy": "close/acc",
+    "open_judge_accuracy": "open/acc (LLM judge)",
+    "exact_match": "open/em (= open/acc w/o judge)",
+    "open_recall": "open/recall (holds precision)",
+    "precision": "open/precision (holds F1)",
+    "f1": "open/f1 (holds recall)",
+    "bleu_1": "open/bleu1",
+    "bleu_cumulative_2": "open/bleu2",
+    "bleu_cumulative_3": "open/bleu3",
+    "bleu_cumulative_4": "open/bleu4",
+    "rouge_1": "open/rouge1",
+    "rouge_2": "open/rouge2",
+    "rouge_l": "open/rougel",
 }
 
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -73,6 +105,20 @@ METRIC_DEFINITIONS: dict[str, str] = {
         "was not printed by the original)."
     ),
     "average": "(open_recall + closed_accuracy) / 2, the per-dataset number the papers report.",
+    "medevalkit": (
+        "MedEvalKit (commit " + mek.MEDEVALKIT_COMMIT + ") cal_metrics of VQA_RAD/SLAKE/PATH_VQA, quirks kept: "
+        "\\boxed{}/<answer> extraction; closed = answer is yes/no (vqa_rad, pathvqa) or answer_type is not "
+        "OPEN (slake); closed right by judge_judgement (substring yes/no test) or exact match; open right "
+        "= parsed answer == gt (or the LLM judge); accuracy = (closed right + open right) / all; open "
+        "BLEU-n cumulative (nltk), ROUGE F (rouge package), precision/recall/f1 as MedEvalKit reports them "
+        "(swapped). ×100."
+    ),
+    "medevalkit_corrected": (
+        "medevalkit with its bugs fixed (see medevalkit_quirks): whole-word yes/no test, parsed answer "
+        "stripped of whitespace and a leading ':', periods deleted from closed gt answers too, "
+        "precision/recall/f1 under their names, 0 instead of a crash for an empty answer, no 'None' for "
+        "a stray 'boxed', SLAKE answers lower-cased/stripped first, LLM judge on open questions only."
+    ),
 }
 
 
@@ -96,38 +142,24 @@ class PredictedAnswer:
 
 @dataclass
 class VQAReport:
-    """Aggregated (×100) original and strict metrics, counts and per-question rows."""
+    """Aggregated (×100) original, strict and (with a dataset) MedEvalKit metrics, counts, per-question rows.
+
+    ``medevalkit_info``: dataset, MedEvalKit's own open/closed counts, crashing ids, judge details.
+    """
 
     original: dict[str, float | None]
     strict: dict[str, float | None]
     counts: dict[str, int]
     per_question: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, str | None] = field(default_factory=dict)
+    medevalkit: dict[str, float | None] | None = None
+    medevalkit_corrected: dict[str, float | None] | None = None
+    medevalkit_info: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-
-
-def _read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON list, or JSON Lines (one object per non-empty line)."""
-    text = Path(path).read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        rows = json.loads(stripped)
-    else:
-        rows = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON line: {error}") from error
-    if not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"{path}: expected a list of JSON objects")
-    return rows
 
 
 def _content_text(content: Any) -> str:
@@ -168,7 +200,7 @@ def load_vqa_questions(path: str | Path) -> list[VQAQuestion]:
     Ground truth = the first gpt/assistant turn (the original reads ``conversations[1]``, the same
     turn for these files). ``answer_type`` is upper-cased.
     """
-    rows = _read_json_or_jsonl(path)
+    rows = [row for _, row in read_json_or_jsonl(path)]
     return [_question_from_row(row, path, position) for position, row in enumerate(rows)]
 
 
@@ -178,7 +210,7 @@ def load_answers(path: str | Path) -> list[PredictedAnswer]:
     Swift ``--result_path`` rows carry ``response``; they need an ``id`` column to be paired.
     """
     answers = []
-    for position, row in enumerate(_read_json_or_jsonl(path)):
+    for position, (_, row) in enumerate(read_json_or_jsonl(path)):
         where = f"{path}: row {position}"
         if "question_id" in row:
             question_id = row["question_id"]
@@ -198,7 +230,7 @@ def load_answers(path: str | Path) -> list[PredictedAnswer]:
 
 def load_candidates(path: str | Path) -> list[object]:
     """candidate.json: ``{"0": [answers...]}`` as the original expects; a bare list is accepted."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json(path)
     if isinstance(data, dict):
         if "0" not in data:
             raise ValueError(f"{path}: expected the key '0' holding the candidate answers")
@@ -281,14 +313,72 @@ def _aggregate(rows: Sequence[dict[str, float]], rows_closed: Sequence[dict[str,
     return metrics
 
 
+def _medevalkit_columns(prefix: str, score: mek.QuestionScore) -> dict[str, Any]:
+    """Per-question CSV columns of one MedEvalKit score (MedEvalKit's own metric keys)."""
+    columns: dict[str, Any] = {f"{prefix}_kind": score.kind, f"{prefix}_compared": score.compared,
+                               f"{prefix}_correct": float(score.correct)}
+    columns.update({f"{prefix}_{key}": value for key, value in score.metrics.items()})
+    return columns
+
+
+def score_medevalkit(
+    pairs: Sequence[tuple[VQAQuestion, PredictedAnswer]], dataset: str, judge: ChatClient | None = None,
+    judge_concurrency: int = 8,
+) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, Any], list[dict[str, Any]]]:
+    """MedEvalKit's metrics (faithful, corrected), its info and per-question columns, in ``pairs`` order.
+
+    With ``judge``, MedEvalKit's LLM-judge prompt goes to that OpenAI-compatible server for the
+    questions it judges (``medevalkit_metrics.judged_questions``); the corrected set reuses those
+    verdicts for the open questions. A request that fails for good counts as "incorrect", as in
+    MedEvalKit, and its id is listed under ``medevalkit_info["judge"]["failed_ids"]``.
+    """
+    faithful = [mek.score_question(a.text, q.answer, q.answer_type, dataset) for q, a in pairs]
+    corrected = [mek.score_question_corrected(a.text, q.answer, q.answer_type, dataset) for q, a in pairs]
+    crashed = [pairs[i][0].id for i, score in enumerate(faithful) if score.crash]
+    info: dict[str, Any] = {
+        "dataset": dataset, "commit": mek.MEDEVALKIT_COMMIT, "total": len(pairs),
+        "open": sum(s.kind == "open" for s in faithful), "closed": sum(s.kind == "closed" for s in faithful),
+        "crashes": len(crashed), "crashed_ids": crashed,
+    }
+    if crashed:
+        logger.warning("medevalkit: %d open question(s) would make MedEvalKit itself raise (empty parsed "
+                       "answer), %s; its ROUGE/precision/recall/F1 are n/a (medevalkit_corrected scores "
+                       "them 0)", len(crashed), _id_sample(crashed))
+    verdicts: dict[int, bool] | None = None
+    corrected_verdicts: dict[int, bool] | None = None
+    if judge is not None:
+        judged = mek.judged_questions(faithful, dataset)
+        requests = [(pairs[i][0].question, faithful[i].judge_response, faithful[i].judge_answer) for i in judged]
+        replies, failed = mek.judge_with_client(judge, requests, concurrency=judge_concurrency)
+        verdicts = {i: mek.judge_verdict(reply) for i, reply in zip(judged, replies)}
+        corrected_verdicts = {i: verdicts[i] for i in mek.judged_questions(corrected, dataset, corrected=True)}
+        info["judge"] = {"model": judge.model, "url": judge.url, "requests": len(requests),
+                         "failed_ids": [pairs[judged[k]][0].id for k in failed]}
+    rows = []
+    for i, (score, fixed) in enumerate(zip(faithful, corrected)):
+        row = _medevalkit_columns("medevalkit", score)
+        row["medevalkit_crash"] = score.crash or ""
+        row.update(_medevalkit_columns("medevalkit_corrected", fixed))
+        if verdicts is not None:
+            row["medevalkit_judge_correct"] = float(verdicts[i]) if i in verdicts else ""
+        rows.append(row)
+    return (mek.aggregate(faithful, dataset, verdicts=verdicts),
+            mek.aggregate(corrected, dataset, verdicts=corrected_verdicts, corrected=True), info, rows)
+
+
 def evaluate_vqa(
-    gt_path: str | Path, pred_path: str | Path, candidate_path: str | Path | None = None
+    gt_path: str | Path, pred_path: str | Path, candidate_path: str | Path | None = None, *,
+    dataset: str | None = None, judge: ChatClient | None = None, judge_concurrency: int = 8,
 ) -> VQAReport:
     """Score answers against a VQA ground-truth file; see METRIC_DEFINITIONS for what is computed.
 
     Questions whose answer_type is neither OPEN nor CLOSED are skipped (as in the original) and
-    counted under ``counts["skipped"]``.
+    counted under ``counts["skipped"]``; MedEvalKit is scored on the same questions. ``dataset``
+    (vqa_rad, slake, pathvqa) enables the MedEvalKit convention, whose open/closed split is per
+    dataset; ``judge`` adds its optional LLM judge (see ``score_medevalkit``).
     """
+    if dataset is not None and dataset not in mek.DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(mek.DATASETS)}, got {dataset!r}")
     questions = load_vqa_questions(gt_path)
     answers = load_answers(pred_path)
     pairs = pair_by_id(questions, answers)
@@ -302,11 +392,13 @@ def evaluate_vqa(
 
     original_open, original_closed, strict_open, strict_closed = [], [], [], []
     per_question: list[dict[str, Any]] = []
+    scored_pairs: list[tuple[VQAQuestion, PredictedAnswer]] = []
     skipped = 0
     for question, answer in pairs:
         if question.answer_type not in ANSWER_TYPES:
             skipped += 1
             continue
+        scored_pairs.append((question, answer))
         original = score_pair_original(
             answer.text, question.answer, question.answer_type, candidates_original
         )
@@ -335,6 +427,14 @@ def evaluate_vqa(
         per_question.append(row)
     if skipped:
         logger.warning("skipped %d question(s) whose answer_type is not OPEN/CLOSED", skipped)
+    medevalkit: dict[str, float | None] | None = None
+    medevalkit_corrected: dict[str, float | None] | None = None
+    medevalkit_info: dict[str, Any] = {}
+    if dataset is not None:
+        medevalkit, medevalkit_corrected, medevalkit_info, columns = score_medevalkit(
+            scored_pairs, dataset, judge, judge_concurrency)
+        for row, extra in zip(per_question, columns):
+            row.update(extra)
 
     with_candidates = candidate_path is not None
     return VQAReport(
@@ -352,6 +452,9 @@ def evaluate_vqa(
             "pred": str(pred_path),
             "candidate": None if candidate_path is None else str(candidate_path),
         },
+        medevalkit=medevalkit,
+        medevalkit_corrected=medevalkit_corrected,
+        medevalkit_info=medevalkit_info,
     )
 
 
@@ -364,19 +467,51 @@ def _format_value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def report_conventions(report: VQAReport) -> dict[str, dict[str, float | None]]:
+    """The metric sets of a report by convention name, in table order (MedEvalKit only if scored)."""
+    conventions = {"original": report.original, "strict": report.strict}
+    if report.medevalkit is not None and report.medevalkit_corrected is not None:
+        conventions["medevalkit"] = report.medevalkit
+        conventions["medevalkit_corrected"] = report.medevalkit_corrected
+    return conventions
+
+
+def _medevalkit_notes(report: VQAReport) -> list[str]:
+    info = report.medevalkit_info
+    if report.medevalkit is None:
+        return [f"medevalkit: not scored (pass --dataset {'|'.join(mek.DATASETS)}: its open/closed split "
+                "is per dataset)"]
+    notes = [f"medevalkit ({info['dataset']}): open {info['open']}, closed {info['closed']} by its own rule; "
+             "its precision/recall/f1 are MedEvalKit's swapped values (precision = F1, recall = precision, "
+             "f1 = recall), medevalkit_corrected has each under its name"]
+    if info["crashes"]:
+        notes.append(f"medevalkit: {info['crashes']} open question(s) would make MedEvalKit raise (empty parsed "
+                     f"answer), {_id_sample(info['crashed_ids'])}: ROUGE/precision/recall/F1 n/a")
+    judge = info.get("judge")
+    if judge:
+        notes.append(f"medevalkit LLM judge {judge['model']}: {judge['requests']} request(s), "
+                     f"{len(judge['failed_ids'])} failed (counted incorrect, as in MedEvalKit)")
+    return notes
+
+
 def format_report_table(report: VQAReport) -> str:
-    """Plain-text table: one row per metric, original and strict side by side."""
-    header = ("Metric", "original", "strict", "run_eval.py name")
-    rows = [
-        (label, _format_value(report.original.get(key)), _format_value(report.strict.get(key)), name)
-        for key, (label, name) in METRIC_LABELS.items()
-        if key in report.original
-    ]
+    """Plain-text table: one row per metric, the conventions side by side (n/a: undefined, -: not part
+    of that convention), then notes on MedEvalKit's split, swapped names and crashes."""
+    conventions = report_conventions(report)
+    with_medevalkit = "medevalkit" in conventions
+    header = ("Metric", *conventions, "run_eval.py name", *(("MedEvalKit name",) if with_medevalkit else ()))
+    rows = []
+    for key, (label, name) in METRIC_LABELS.items():
+        if not any(key in metrics for metrics in conventions.values()):
+            continue
+        values = [_format_value(metrics[key]) if key in metrics else "-" for metrics in conventions.values()]
+        rows.append((label, *values, name, *((MEDEVALKIT_NAMES.get(key, ""),) if with_medevalkit else ())))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    text_columns = {0, len(conventions) + 1, len(conventions) + 2}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i in (0, 3) else cell.rjust(width)
+            cell.ljust(width) if i in text_columns else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(cells, widths))
         ).rstrip()
 
@@ -386,7 +521,7 @@ def format_report_table(report: VQAReport) -> str:
         f"skipped {counts['skipped']})"
     )
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([summary, line(header), rule, *(line(r) for r in rows)])
+    return "\n".join([summary, line(header), rule, *(line(r) for r in rows), *_medevalkit_notes(report)])
 
 
 def write_report(report: VQAReport, json_path: str | Path, csv_path: str | Path) -> None:
@@ -397,6 +532,11 @@ def write_report(report: VQAReport, json_path: str | Path, csv_path: str | Path)
         "original": report.original,
         "strict": report.strict,
         "original_names": {k: name for k, (_, name) in METRIC_LABELS.items() if name},
+        "medevalkit": report.medevalkit,
+        "medevalkit_corrected": report.medevalkit_corrected,
+        "medevalkit_info": report.medevalkit_info,
+        "medevalkit_names": MEDEVALKIT_NAMES,
+        "medevalkit_quirks": mek.QUIRKS,
         "definitions": METRIC_DEFINITIONS,
     }
     Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -414,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of `exgramed eval-vqa` (kept separate so the CLI can reuse it)."""
     parser = argparse.ArgumentParser(
         prog="exgramed eval-vqa",
-        description="Score VQA answers with the original ExGra-Med/LLaVA-Med metrics and strict ones.",
+        description="Score VQA answers with the original ExGra-Med/LLaVA-Med metrics, strict ones and "
+                    "(with --dataset) MedEvalKit's.",
     )
     parser.add_argument(
         "--gt", required=True, help="VQA JSON (test_w_options_new.json) or swift rows"
@@ -431,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-csv", default=None, help="default: <pred without extension>.per_question.csv"
     )
+    parser.add_argument(
+        "--dataset", choices=mek.DATASETS, default=None,
+        help="benchmark, for MedEvalKit's per-dataset open/closed split (vqa_rad, pathvqa: yes/no answers are "
+             "closed; slake: answer_type); without it the medevalkit convention is not scored",
+    )
+    parser.add_argument(
+        "--llm-judge-url", default=None,
+        help="OpenAI-compatible server for MedEvalKit's optional LLM judge of open answers (needs --dataset)",
+    )
+    parser.add_argument("--llm-judge-model", default=mek.DEFAULT_JUDGE_MODEL,
+                        help=f"judge model (default {mek.DEFAULT_JUDGE_MODEL}, MedEvalKit's eval.sh)")
+    parser.add_argument("--llm-judge-concurrency", type=int, default=8, help="judge requests in flight")
+    add_client_arguments(parser)
     return parser
 
 
@@ -440,8 +594,16 @@ def main(argv: list[str] | None = None) -> int:
     pred_path = Path(args.pred)
     out_json = Path(args.out_json) if args.out_json else pred_path.with_suffix(".metrics.json")
     out_csv = Path(args.out_csv) if args.out_csv else pred_path.with_suffix(".per_question.csv")
+    judge = None
     try:
-        report = evaluate_vqa(args.gt, args.pred, args.candidate)
+        if args.llm_judge_url is not None:
+            if args.dataset is None:
+                raise ValueError("--llm-judge-url needs --dataset (the judge is part of the MedEvalKit convention)")
+            judge = ChatClient(base_url=args.llm_judge_url, model=args.llm_judge_model,
+                               api_key=api_key_from_env(args.api_key_env), timeout=args.timeout,
+                               max_attempts=args.max_attempts, backoff_base=args.backoff)
+        report = evaluate_vqa(args.gt, args.pred, args.candidate, dataset=args.dataset, judge=judge,
+                              judge_concurrency=args.llm_judge_concurrency)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.jsonio import read_json, read_jsonl, write_json
+
 logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "lm_loss", "align_loss")
@@ -72,16 +74,12 @@ class RunLog:
 
 
 def read_logging(path: str | Path) -> RunLog:
-    """Parse swift's ``logging.jsonl``; rows without a step (the final summary) go to ``summary``."""
+    """Parse swift's ``logging.jsonl``; rows without a step (the final summary) go to ``summary``.
+
+    A run still training may have a half-written last line: it is left out with a warning.
+    """
     log = RunLog(Path(path))
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("%s:%d: not JSON, skipped", path, number)
-            continue
+    for _, row in read_jsonl(path, drop_torn_last_line=True):
         step = _step(row)
         if isinstance(row.get(STEP_KEY), str) and "/" in row[STEP_KEY]:
             try:
@@ -101,7 +99,7 @@ def read_logging(path: str | Path) -> RunLog:
 
 def read_eval_file(path: str | Path) -> dict[str, Any]:
     """An ``eval-vqa`` metrics JSON or an ``eval-zeroshot`` JSON, tagged with its kind."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json(path)
     if isinstance(data, dict) and "original" in data and "counts" in data:
         return {"kind": "vqa", "path": str(path), "data": data}
     if isinstance(data, dict) and "overall" in data and "per_dataset" in data:
@@ -262,13 +260,13 @@ def build_report(run: str | Path, evals: Sequence[str | Path] = (), out_dir: str
     args_path = logging_path.parent / "args.json"
     if args_path.is_file():
         try:
-            args = json.loads(args_path.read_text(encoding="utf-8"))
+            args = read_json(args_path)
             keys = ("model", "dataset", "tuner_type", "learning_rate", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "eval_metric")
             doc.table(["argument", "value"], [[k, json.dumps(args.get(k))] for k in keys if k in args])
             machine["args"] = {k: args.get(k) for k in keys if k in args}
-        except ValueError:
-            logger.warning("%s is not JSON", args_path)
+        except ValueError as error:
+            logger.warning("%s (its arguments are left out of the report)", error)
 
     doc.heading("Losses")
     loss_keys = list(LOSS_KEYS) + sorted(k for k in log.train if k.endswith("_loss") and k not in LOSS_KEYS)
@@ -361,7 +359,7 @@ def build_report(run: str | Path, evals: Sequence[str | Path] = (), out_dir: str
     files.markdown.write_text(doc.markdown(), encoding="utf-8")
     files.html.write_text(doc.html(f"exgramed report: {logging_path.parent.name}"), encoding="utf-8")
     machine["plots"] = [str(p) for p in plots]
-    files.json.write_text(json.dumps(machine, indent=2) + "\n", encoding="utf-8")
+    write_json(files.json, machine)
     return files
 
 

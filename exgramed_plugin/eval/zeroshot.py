@@ -12,6 +12,11 @@ Two scorings of the same §6.2 prompt:
   template trains (the option and its closing ``\\n###``). Highest score wins (first on ties).
   ``--likelihood-norm mean`` divides by the token count instead.
 
+Any swift model can be scored (``--model_type`` / ``--template`` / ``--infer_backend``, as in
+``exgramed predict``); every model gets the same §6.2 prompt (the ``<image>`` tag at its end, where
+swift's templates put the image), ``exgra_med`` through its original template. ``likelihood`` needs the
+model's weights, so ``--infer_backend transformers``.
+
 Unlike the original, a sample that fails (unreadable image, too few options, an inference error) is
 counted and listed: ``accuracy`` divides by every sample (failures are wrong), ``accuracy_attempted``
 by the samples that went through (the original's number). Answers with no similar option are
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import sys
 from collections import defaultdict
@@ -30,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +96,12 @@ def load_omnimed(paths: Sequence[str | Path], image_root: str | Path | None = No
     ``unknown``). Image paths are relative to ``image_root`` (default: each file's folder).
     """
     from exgramed_plugin.data.formats import DataFormatError, resolve_image_path
-    from exgramed_plugin.eval.eval_vqa import _read_json_or_jsonl
 
     samples: list[ZeroShotSample] = []
     for path in paths:
         source = str(Path(path).resolve())
         root = str(Path(image_root).expanduser()) if image_root is not None else str(Path(source).parent)
-        for index, row in enumerate(_read_json_or_jsonl(path)):
+        for index, (_, row) in enumerate(read_json_or_jsonl(path)):
             question_id = str(row.get("question_id", row.get("id", f"{Path(path).stem}#{index}")))
             options = [str(row[k]) for k in OPTION_KEYS if row.get(k) not in (None, "")]
             sample = ZeroShotSample(
@@ -235,8 +240,11 @@ def evaluate_zeroshot(samples: list[ZeroShotSample], *, engine=None, model: str 
                       scorings: Sequence[str] = SCORINGS, batch_size: int = 8, max_new_tokens: int = 256,
                       temperature: float = 0.0, seed: int | None = None, likelihood_norm: str = "sum",
                       dtype: str = "auto", device_map: str | None = None,
-                      show_progress: bool = True) -> dict[str, Any]:
-    """Run both scorings on ``samples`` (mutated with their results); returns :func:`summarize`."""
+                      show_progress: bool = True, template_settings=None, model_type: str | None = None,
+                      template: str | None = None, infer_backend: str = "transformers") -> dict[str, Any]:
+    """Run both scorings on ``samples`` (mutated with their results); returns :func:`summarize`.
+    ``template_settings`` (exgra_med prompt style, response mode) apply to the engine it loads;
+    ``model_type`` / ``template`` / ``infer_backend`` choose it (see ``predict.engine_request``)."""
     from tqdm import tqdm
 
     from exgramed_plugin.eval.predict import load_engine
@@ -244,10 +252,15 @@ def evaluate_zeroshot(samples: list[ZeroShotSample], *, engine=None, model: str 
     unknown = [s for s in scorings if s not in SCORINGS]
     if unknown:
         raise ValueError(f"unknown scoring(s) {unknown}; choose from {SCORINGS}")
+    if "likelihood" in scorings and infer_backend != "transformers":
+        raise ValueError(f"likelihood scoring reads the model's weights: use --infer_backend transformers "
+                         f"(or --scoring difflib with {infer_backend})")
     if engine is None:
         if model is None:
             raise ValueError("pass a model path or an engine")
-        engine = load_engine(model, batch_size=batch_size, dtype=dtype, device_map=device_map)
+        engine = load_engine(model, batch_size=batch_size, dtype=dtype, device_map=device_map,
+                             template_settings=template_settings, model_type=model_type, template=template,
+                             infer_backend=infer_backend)
     runnable = [s for s in samples if s.error is None]
     if "difflib" in scorings:
         for start in tqdm(range(0, len(runnable), batch_size), desc="generate", disable=not show_progress):
@@ -316,23 +329,23 @@ def write_outputs(samples: Sequence[ZeroShotSample], summary: dict[str, Any], ou
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
     samples_path = out.with_suffix(".samples.jsonl")
-    json_path.write_text(json.dumps({"settings": settings, **summary}, indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
-    with open(samples_path, "w", encoding="utf-8") as handle:
-        for s in samples:
-            handle.write(json.dumps({"question_id": s.question_id, "dataset": s.dataset, "modality": s.modality,
-                                     "prompt": s.prompt, "options": s.options, "gt_answer": s.gt, "image": s.image,
-                                     "prediction": s.prediction, "results": s.results, "error": s.error},
-                                    ensure_ascii=False) + "\n")
+    write_json(json_path, {"settings": settings, **summary})
+    write_jsonl(samples_path, ({"question_id": s.question_id, "dataset": s.dataset, "modality": s.modality,
+                                "prompt": s.prompt, "options": s.options, "gt_answer": s.gt, "image": s.image,
+                                "prediction": s.prediction, "results": s.results, "error": s.error}
+                               for s in samples))
     return json_path, samples_path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from exgramed_plugin.eval.predict import add_engine_arguments
+
     parser = argparse.ArgumentParser(
         prog="exgramed eval-zeroshot",
         description="OmniMedVQA zero-shot classification: the original prompt with difflib scoring, and "
                     "option scoring by likelihood; per-dataset and per-modality accuracy; failures listed.")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id (exgra_med or any swift model)")
+    add_engine_arguments(parser)
     parser.add_argument("--questions", nargs="+", required=True,
                         help="OmniMedVQA QA_information/<access>/<dataset>.json file(s)")
     parser.add_argument("--images", default=None, help="OmniMedVQA root that image_path is relative to "
@@ -344,10 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.0, help="original: 0.7 (sampling); default greedy")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed when --temperature > 0")
     parser.add_argument("--likelihood-norm", choices=("sum", "mean"), default="sum")
-    parser.add_argument("--prompt-style", choices=("simple", "v0"), default=None, help="generation prompt "
-                        "(EXGRAMED_PROMPT_STYLE; default simple = original)")
+    parser.add_argument("--prompt-style", choices=("simple", "v0"), default=None, help="exgra_med only: generation "
+                        "prompt (EXGRAMED_PROMPT_STYLE; default simple = original)")
     parser.add_argument("--response-mode", choices=("original", "clean", "raw"), default=None,
-                        help="EXGRAMED_RESPONSE_MODE (default original: 'Assistant:' kept, as scored originally)")
+                        help="exgra_med only: EXGRAMED_RESPONSE_MODE (default original: 'Assistant:' kept, as scored "
+                             "originally)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device-map", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N samples only (smoke tests)")
@@ -355,10 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exgramed_plugin.eval.predict import apply_template_switches
+    from exgramed_plugin.eval.predict import cli_template_settings
 
     args = build_parser().parse_args(argv)
-    apply_template_switches(args.prompt_style, args.response_mode)
     try:
         samples = load_omnimed(args.questions, args.images)
     except (ValueError, OSError) as error:
@@ -366,10 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.limit is not None:
         samples = samples[:args.limit]
-    summary = evaluate_zeroshot(samples, model=args.model, scorings=args.scoring, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                                likelihood_norm=args.likelihood_norm, dtype=args.dtype, device_map=args.device_map)
-    settings = {"model": args.model, "questions": args.questions, "scoring": args.scoring,
+    try:
+        summary = evaluate_zeroshot(
+            samples, model=args.model, scorings=args.scoring, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+            likelihood_norm=args.likelihood_norm, dtype=args.dtype, device_map=args.device_map,
+            template_settings=cli_template_settings(args.prompt_style, args.response_mode),
+            model_type=args.model_type, template=args.template, infer_backend=args.infer_backend)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = {"model": args.model, "model_type": args.model_type, "template": args.template,
+                "infer_backend": args.infer_backend, "questions": args.questions, "scoring": args.scoring,
                 "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                 "likelihood_norm": args.likelihood_norm}
     json_path, samples_path = write_outputs(samples, summary, Path(args.out), settings)

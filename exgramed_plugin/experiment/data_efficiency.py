@@ -7,9 +7,9 @@ Here, on easy-vqa (see :mod:`.easy_vqa_data`) with one small random-init ``exgra
 for every seed x data fraction x arm (``none`` = α 0, ``infonce``, ``mga``) one *cell*:
 
 1. ``swift sft`` stage-2 style: ``--loss_type exgra_mga`` on the alignment file of the fraction
-   (LM loss + α · alignment loss; ``MGA_ALPHA``/``MGA_OBJECTIVE`` select the arm);
+   (LM loss + α · alignment loss; ``--model_kwargs`` mga_alpha / mga_objective select the arm);
 2. ``swift sft`` VQA fine-tuning (plain LM loss) on the VQA questions of the same fraction;
-3. ``swift infer`` on the test subset (``EXGRAMED_PROMPT_STYLE=v0``, ``EXGRAMED_RESPONSE_MODE=clean``);
+3. ``swift infer`` on the test subset (prompt style ``v0``, response mode ``clean``);
 4. ``evaluate_vqa`` (original metrics of ``run_eval.py``, strict ones beside them).
 
 All arms of a seed start from the same random checkpoint and use the same steps, batch sizes,
@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..data.jsonio import read_json, read_jsonl, write_json
+from ..settings import SETTING_KEYS
+
 logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 REGISTER_FILE = PACKAGE_DIR / "register.py"
@@ -41,7 +44,6 @@ FRACTIONS = (0.1, 0.4, 1.0)
 SEEDS = (0, 1, 2)
 METRICS = ("open_recall", "closed_accuracy", "average")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-MGA_ENV_KEYS = ("MGA_ENABLED", "MGA_ALPHA", "MGA_OBJECTIVE")
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,18 @@ def _common_sft_args(budget: Budget, seed: int) -> list[str]:
             "1", "--report_to", "none", "--seed", str(seed), "--data_seed", str(seed), "--logging_steps", "5"]
 
 
-def _arm_env(arm: str) -> dict[str, str]:
-    """``none`` is MGA_ALPHA=0 (no alignment module); the others α = 1 with their objective."""
+def arm_settings(arm: str) -> dict[str, Any]:
+    """The stage-2 ``--model_kwargs`` of an arm: ``none`` is mga_alpha 0 (no alignment module), the
+    others α = 1 with their objective."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
     if arm == "none":
-        return {"MGA_ENABLED": "1", "MGA_ALPHA": "0"}
-    return {"MGA_ENABLED": "1", "MGA_ALPHA": "1.0", "MGA_OBJECTIVE": arm}
+        return {"mga_alpha": 0}
+    return {"mga_alpha": 1.0, "mga_objective": arm}
+
+
+# The inference prompt of the miniature: the training format, answers without "Assistant:".
+INFER_SETTINGS = {"exgramed_prompt_style": "v0", "exgramed_response_mode": "clean"}
 
 
 def _checkpoint_of(result: Any, train_dir: Path) -> Path:
@@ -124,8 +131,7 @@ def _losses(train_dir: Path) -> dict[str, float]:
     """Last logged training losses of a swift run (``logging.jsonl``)."""
     last: dict[str, float] = {}
     for path in train_dir.glob("**/logging.jsonl"):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+        for _, row in read_jsonl(path):
             for key in ("loss", "lm_loss", "align_loss", "matching_accuracy"):
                 if isinstance(row.get(key), (int, float)):
                     last[key] = float(row[key])
@@ -135,8 +141,8 @@ def _losses(train_dir: Path) -> dict[str, float]:
 def run_cell(spec: CellSpec) -> dict[str, Any]:
     """Stage 2 → VQA fine-tuning → predictions → scores, in this process (swift's Python API).
 
-    Sets ``MGA_*`` in ``os.environ`` for the stage-2 call only (swift reads them while loading the
-    model), so call it in a process of its own, as :func:`main` does.
+    The arm's settings go to swift as ``--model_kwargs`` (which swift exports to the environment of
+    this process), so call it in a process of its own, as :func:`main` does.
     """
     from swift.pipelines import infer_main, sft_main
 
@@ -147,19 +153,14 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     timings: dict[str, float] = {}
-    os.environ.update(OFFLINE_ENV)
 
     start = time.perf_counter()
-    os.environ.update(_arm_env(spec.arm))
-    try:
-        stage2_dir = out / "stage2"
-        result = sft_main([*_common_sft_args(budget, spec.seed), "--model", spec.checkpoint, "--dataset",
-                           spec.alignment, "--loss_type", "exgra_mga", "--max_steps", str(budget.stage2_steps),
-                           "--save_steps", str(budget.stage2_steps), "--per_device_train_batch_size",
-                           str(budget.stage2_batch), "--output_dir", str(stage2_dir)])
-    finally:
-        for key in MGA_ENV_KEYS:
-            os.environ.pop(key, None)
+    stage2_dir = out / "stage2"
+    result = sft_main([*_common_sft_args(budget, spec.seed), "--model", spec.checkpoint, "--dataset",
+                       spec.alignment, "--loss_type", "exgra_mga", "--max_steps", str(budget.stage2_steps),
+                       "--save_steps", str(budget.stage2_steps), "--per_device_train_batch_size",
+                       str(budget.stage2_batch), "--output_dir", str(stage2_dir),
+                       "--model_kwargs", json.dumps(arm_settings(spec.arm))])
     stage2 = _checkpoint_of(result, stage2_dir)
     timings["stage2_s"] = time.perf_counter() - start
 
@@ -173,8 +174,8 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
 
     start = time.perf_counter()
     predictions = out / "predictions.jsonl"
-    os.environ.update({"EXGRAMED_PROMPT_STYLE": "v0", "EXGRAMED_RESPONSE_MODE": "clean"})
-    infer_main(["--model", str(trained), "--val_dataset", spec.vqa_test, "--result_path", str(predictions),
+    infer_main(["--model", str(trained), "--model_kwargs", json.dumps(INFER_SETTINGS), "--val_dataset", spec.vqa_test,
+                "--result_path", str(predictions),
                 "--max_new_tokens", str(budget.max_new_tokens), "--temperature", "0", "--max_batch_size", "32",
                 "--seed", str(spec.seed)])
     timings["infer_s"] = time.perf_counter() - start
@@ -193,21 +194,21 @@ def _run_cell_subprocess(spec: CellSpec, log_path: Path) -> dict[str, Any]:
     spec_path = Path(spec.out_dir + ".spec.json")
     result_path = Path(spec.out_dir + ".result.json")
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(asdict(spec), indent=1))
+    write_json(spec_path, asdict(spec), indent=1)
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "exgramed_plugin.experiment.data_efficiency", "_cell", str(spec_path),
                str(result_path)]
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join(
         [str(PACKAGE_DIR.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    for key in MGA_ENV_KEYS:
-        env.pop(key, None)
+    for key in [name for name in env if name.lower() in SETTING_KEYS]:  # the arm alone decides them
+        env.pop(key)
     with log_path.open("w") as log:
         completed = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if completed.returncode != 0 or not result_path.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"cell seed={spec.seed} fraction={spec.fraction} arm={spec.arm} failed "
                            f"(exit {completed.returncode}); log {log_path}:\n{tail}")
-    return json.loads(result_path.read_text())
+    return read_json(result_path)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -309,7 +310,7 @@ def _write_outputs(out_dir: Path, cells: list[dict[str, Any]], data: Any, *, bud
     results = {"partial": False, "budget": asdict(budget), "seeds": list(seeds), "fractions": list(fractions),
                "arms": list(arms), "data": data.counts, "wall_s": wall_s, "load_average_at_end": os.getloadavg(),
                "cpu_count": os.cpu_count(), "question_only_baseline": baselines, "summary": summary, "cells": cells}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out_dir / "results.json", results, indent=1)
     tables = [format_table(summary["original"], "Original metrics (run_eval.py, as the paper reports):", baselines),
               format_table(summary["strict"], "Strict metrics (exgramed eval-vqa 'strict'):", baselines, "strict")]
     (out_dir / "table.md").write_text("\n\n".join(tables) + "\n")
@@ -336,7 +337,7 @@ def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fra
     if summarize_only:
         if not results_path.is_file():
             raise FileNotFoundError(f"{results_path}: no earlier run to summarise")
-        earlier = json.loads(results_path.read_text())
+        earlier = read_json(results_path)
         wanted = {(s, f, a) for s in seeds for f in fractions for a in arms}
         cells = [c for c in earlier["cells"] if (c["seed"], c["fraction"], c["arm"]) in wanted]
         missing = wanted - {(c["seed"], c["fraction"], c["arm"]) for c in cells}
@@ -364,7 +365,7 @@ def run_experiment(out_dir: Path, *, budget: Budget, seeds: tuple[int, ...], fra
                 print(f"[{len(cells)}/{total}] {name}: average {cell['original']['average']:.2f} "
                       f"(open {cell['original']['open_recall']:.2f}, closed {cell['original']['closed_accuracy']:.2f})"
                       f" in {cell['wall_s']:.0f} s", flush=True)
-                results_path.write_text(json.dumps({"partial": True, "cells": cells}, indent=1))
+                write_json(results_path, {"partial": True, "cells": cells}, indent=1)
     return _write_outputs(out_dir, cells, data, budget=budget, seeds=seeds, fractions=fractions, arms=arms,
                           wall_s=time.perf_counter() - started)
 
@@ -401,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["_cell"]:
         logging.basicConfig(level=logging.INFO)
-        spec = CellSpec(**json.loads(Path(argv[1]).read_text()))
-        Path(argv[2]).write_text(json.dumps(run_cell(spec), indent=1))
+        spec = CellSpec(**read_json(argv[1]))
+        write_json(argv[2], run_cell(spec), indent=1)
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..data.jsonio import write_jsonl
 from ..eval.eval_vqa import evaluate_vqa, load_answers, load_vqa_questions, pair_by_id
 
 
@@ -47,7 +47,7 @@ def question_only_baseline(vqa_train: str | Path, vqa_test: str | Path, candidat
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "question_only_answers.jsonl"
     answers = question_only_answers(vqa_train, vqa_test)
-    path.write_text("".join(json.dumps({"id": key, "text": text}) + "\n" for key, text in answers.items()))
+    write_jsonl(path, ({"id": key, "text": text} for key, text in answers.items()))
     report = evaluate_vqa(vqa_test, path, candidates)
     return {"original": report.original, "strict": report.strict, "answers": str(path)}
 

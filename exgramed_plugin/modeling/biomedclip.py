@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig
 
+from ..data.jsonio import read_json
 from .vision import CLIP_MEAN, CLIP_STD, OPEN_CLIP_CONFIG, looks_like_local_path
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def read_open_clip_config(source: str) -> dict[str, Any]:
     path = open_clip_dir(source) / OPEN_CLIP_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a BiomedCLIP folder needs {OPEN_CLIP_CONFIG}")
-    config = json.loads(path.read_text())
+    config = read_json(path)
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "embed_dim" not in model_cfg:
         raise ValueError(f"{path}: key 'model_cfg' must hold 'embed_dim' and 'vision_cfg'")

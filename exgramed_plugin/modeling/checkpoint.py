@@ -24,12 +24,14 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ..data.jsonio import read_json
 from .configuration import (ADDED_TOKENS, DENSE_CONNECTOR_TYPES, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN,
                             IMAGE_START_TOKEN, ExGraMedConfig)
 from .modeling import ExGraMedForCausalLM
 from .processing import ExGraMedProcessor
 from .vision import (VISION_TOWER_PREFIX, clip_image_processor, clip_vision_config_from_source, is_open_clip_source,
                      resolve_original_vision_tower, vision_tower_state_dict)
+from .weight_files import CheckpointError, load_weight_file, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +51,6 @@ _LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "attention_bias", "mlp_bias", "head_dim")
 _MM_KEYS = ("mm_hidden_size", "mm_projector_type", "mm_vision_select_layer", "mm_use_im_start_end", "use_mm_proj")
 
-# Environment variables set by swift from --model_kwargs (swift upper-cases the keys).
-VISION_TOWER_ENV = "VISION_TOWER"
-DENSE_CONNECTOR_ENV = "EXGRAMED_DENSE_CONNECTOR"
-NUM_L_ENV = "EXGRAMED_NUM_L"
-LEGACY_TOKENIZATION_ENV = "EXGRAMED_LEGACY_TOKENIZATION"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not what its config.json claims; the message names the file and the key."""
-
 
 def is_original_checkpoint(model_dir: str | os.PathLike) -> bool:
     """True for the original LLaVA-Med layout: ``model_type "llava"`` with flat LLaMA + ``mm_*`` keys.
@@ -69,7 +61,7 @@ def is_original_checkpoint(model_dir: str | os.PathLike) -> bool:
     config_path = Path(model_dir) / "config.json"
     if not config_path.is_file():
         return False
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     if raw.get("model_type") != ORIGINAL_MODEL_TYPE or "text_config" in raw:
         return False
     architectures = raw.get("architectures") or []
@@ -81,7 +73,7 @@ def read_original_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     config_path = Path(model_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found")
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     for key in _REQUIRED_CONFIG_KEYS:
         if key not in raw:
             raise CheckpointError(f"{config_path}: key {key!r} is missing; an original LLaVA-Med config.json has "
@@ -189,7 +181,7 @@ def load_original_tokenizer(model_dir: str | os.PathLike, *, legacy_sentencepiec
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"{model_dir / name} is missing: the checkpoint's tokenizer needs "
                                     f"{', '.join(required)} (method-spec §1.8)")
-    tokenizer_class = json.loads((model_dir / "tokenizer_config.json").read_text()).get("tokenizer_class") or ""
+    tokenizer_class = read_json(model_dir / "tokenizer_config.json").get("tokenizer_class") or ""
     if tokenizer_class in ("", "LlamaTokenizer", "LlamaTokenizerFast"):
         # Not AutoTokenizer: with config.json saying model_type "llava" it builds a generic backend
         # without the SentencePiece dummy prefix, which changes every id (§2.5).
@@ -199,7 +191,7 @@ def load_original_tokenizer(model_dir: str | os.PathLike, *, legacy_sentencepiec
     if legacy_sentencepiece and (model_dir / "tokenizer.model").is_file():
         tokenizer = make_sentencepiece_exact(tokenizer, model_dir / "tokenizer.model")
     added_path = model_dir / "added_tokens.json"
-    added = json.loads(added_path.read_text()) if added_path.is_file() else {}
+    added = read_json(added_path) if added_path.is_file() else {}
     for token in ADDED_TOKENS:
         token_id = tokenizer.convert_tokens_to_ids(token)
         known = token_id is not None and token_id != tokenizer.unk_token_id
@@ -212,13 +204,6 @@ def load_original_tokenizer(model_dir: str | os.PathLike, *, legacy_sentencepiec
     logger.info("tokenizer of %s: %d tokens, BOS %r (id %s), pad %r", model_dir, len(tokenizer), tokenizer.bos_token,
                 tokenizer.bos_token_id, tokenizer.pad_token)
     return tokenizer
-
-
-def _env_flag(name: str) -> bool | None:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def build_original_config(raw: dict[str, Any], tokenizer: PreTrainedTokenizerBase, vision_source: str, *,
@@ -268,47 +253,13 @@ def build_original_config(raw: dict[str, Any], tokenizer: PreTrainedTokenizerBas
 # --------------------------------------------------------------------------------------------- weights
 
 
-def original_weight_files(model_dir: str | os.PathLike) -> tuple[list[Path], Path]:
-    """Weight files of a checkpoint and the file to name when a key is missing (the index, if sharded)."""
-    model_dir = Path(model_dir)
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = model_dir / index_name
-        if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index}: key 'weight_map' is missing")
-            files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
-            for path in files:
-                if not path.is_file():
-                    key = next(k for k, v in weight_map.items() if v == path.name)
-                    raise FileNotFoundError(f"{index}: key {key!r} points to {path.name}, which is missing")
-            return files, index
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (model_dir / single).is_file():
-            return [model_dir / single], model_dir / single
-    shards = sorted(model_dir.glob("model-*.safetensors")) or sorted(model_dir.glob("pytorch_model-*.bin"))
-    if shards:
-        return shards, shards[0]
-    raise FileNotFoundError(f"{model_dir}: no weights (pytorch_model*.bin, model*.safetensors or an index)")
-
-
-def _load_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_original_weights(model_dir: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Path], Path]:
     """All tensors of the checkpoint, the file each one came from, and the file that names missing keys."""
-    files, summary = original_weight_files(model_dir)
+    files, summary = weight_files(model_dir)
     state: dict[str, Tensor] = {}
     origin: dict[str, Path] = {}
     for path in files:
-        for key, tensor in _load_file(path).items():
+        for key, tensor in load_weight_file(path).items():
             if key in state:
                 raise CheckpointError(f"{path}: key {key!r} is also stored in {origin[key]}")
             state[key], origin[key] = tensor, path
@@ -386,23 +337,17 @@ class OriginalCheckpoint:
     def open(cls, model_dir: str | os.PathLike, *, vision_tower: str | None = None,
              dense_connector: str | None = None, num_l: int | None = None,
              legacy_tokenization: bool | None = None) -> "OriginalCheckpoint":
-        """Arguments left at None fall back to the environment (``--model_kwargs``) and then to the
-        faithful defaults: tower from ``mm_vision_tower``, connector from the widths, legacy
-        tokenization on (§2.5)."""
+        """Arguments left at None take the faithful defaults: tower from ``mm_vision_tower``,
+        connector from the widths, legacy tokenization on (§2.5). In a swift run they come from
+        the plugin's settings (``--model_kwargs``), see ``swift_glue/model.py``."""
         model_dir = Path(model_dir)
         config_file = model_dir / "config.json"
         raw = read_original_config(model_dir)
-        if legacy_tokenization is None:
-            legacy_tokenization = _env_flag(LEGACY_TOKENIZATION_ENV)
         legacy = True if legacy_tokenization is None else legacy_tokenization
         tokenizer = load_original_tokenizer(model_dir, legacy_sentencepiece=legacy)
         vision_source = resolve_original_vision_tower(
-            raw.get("mm_vision_tower"), vision_tower or os.environ.get(VISION_TOWER_ENV), config_file=config_file,
+            raw.get("mm_vision_tower"), vision_tower, config_file=config_file,
             model_dir=model_dir)
-        if dense_connector is None:
-            dense_connector = os.environ.get(DENSE_CONNECTOR_ENV) or None
-        if num_l is None and os.environ.get(NUM_L_ENV):
-            num_l = int(os.environ[NUM_L_ENV])
         config = build_original_config(
             raw, tokenizer, vision_source, config_file=config_file, dense_connector=dense_connector, num_l=num_l,
             legacy_tokenization=legacy)
@@ -485,6 +430,10 @@ def convert_to_plugin(src: str | os.PathLike, dst: str | os.PathLike, *, vision_
     """Write the plugin layout: ``exgra_med`` config, safetensors with the vision tower bundled,
     tokenizer and image processor. ``mm_legacy_tokenization`` stays on (the weights were trained
     with the old tokenizer) unless switched off."""
+    config_path = Path(src) / "config.json"
+    if config_path.is_file() and read_json(config_path).get("model_type") == "exgra_med":
+        raise CheckpointError(f"{config_path}: model_type is 'exgra_med': {src} is already in the plugin layout, "
+                              "nothing to convert; pass it to swift as --model (or convert it --to llava-hf)")
     dst = Path(dst)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model, processor = load_original(src, vision_tower=vision_tower, dense_connector=dense_connector,

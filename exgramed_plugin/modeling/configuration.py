@@ -66,13 +66,14 @@ class ExGraMedConfig(LlamaConfig):
     mga_k: int = 5
     mga_lambda: float = 80.0
     mga_gumbel_scale: float = 0.05
-    mga_solver: str = "ipfp"
+    mga_solver: str = "auto"
     mga_hidden_features: int | None = None
     mga_message_flow: str = "original"
     mga_use_message_passing: bool = True
     mga_fidelity: bool = False
     mga_pooling: str = "masked"
     mga_after_de: bool = True
+    mga_text_packing: bool = True  # text passes packed without padding (modeling/text_packing.py); false: padded
     mga_global_graph: bool = False
     mga_seed: int = 0
     mga_objective: str = "mga"  # "mga", or a pairwise baseline "infonce" / "siglip" (alignment/contrastive.py)

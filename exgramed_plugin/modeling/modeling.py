@@ -26,6 +26,7 @@ from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
 from .configuration import ExGraMedConfig, projector_depth
 from .biomedclip import OpenClipVisionTower, biomed_dense_features
 from .dense_connector import select_vision_features
+from .text_packing import pack_padded, packed_text_nodes
 from .vision import build_vision_tower
 
 logger = logging.getLogger(__name__)
@@ -234,12 +235,32 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
                 start += count
         return torch.stack(nodes)
 
-    def text_nodes(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+    def text_nodes(self, text_ids: Tensor, text_mask: Tensor | None = None,
+                   text_lengths: Tensor | None = None) -> Tensor:
         """Pooled LLM states (after the final norm) of the merged answers ``[N, hidden]``.
 
+        Packed (``text_lengths``: ``text_ids`` ``[1, T]`` back to back) or padded (``text_mask``,
+        ``[N, L]``, packed here unless ``mga_text_packing`` is false): the masked mean is the same.
         ``mga_after_de`` false pools the raw token embeddings instead; ``mga_pooling`` ``padded``
-        averages over padding too, as the original did.
+        averages over padding too, as the original did, so it needs the padded batch.
         """
+        if self.config.mga_pooling == "padded" or not self.config.mga_text_packing:
+            if text_mask is None:
+                raise ValueError(
+                    f"mga_pooling={self.config.mga_pooling!r}, mga_text_packing={self.config.mga_text_packing}: the "
+                    "padded text pass needs the padded [2B, L] batch (mga_text_mask), got a packed one "
+                    "(mga_text_lengths); the exgra_med template emits the padded batch for these settings")
+            if self.config.mga_pooling == "padded" and not getattr(self, "_logged_padded_text_pass", False):
+                logger.info("alignment text passes run padded [2B, L] (not packed) because mga_pooling=padded: "
+                            "the original's mean over padding depends on the padded length")
+                self._logged_padded_text_pass = True
+            return self._padded_text_nodes(text_ids, text_mask)
+        if text_lengths is None:
+            text_ids, text_lengths = pack_padded(text_ids, text_mask)
+        return packed_text_nodes(self.model, text_ids, text_lengths, after_de=self.config.mga_after_de)
+
+    def _padded_text_nodes(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
+        """The original layout: one padded ``[N, L]`` pass, masked (or, ``padded``, plain) mean."""
         embeds = self.model.embed_tokens(text_ids)
         if self.config.mga_after_de:
             hidden = self.model(inputs_embeds=embeds, attention_mask=text_mask, use_cache=False).last_hidden_state
@@ -273,14 +294,16 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         return torch.cat(parts)
 
     def multi_graph_alignment(self, input_ids: Tensor, image_features: Tensor | None, text_ids: Tensor,
-                              text_mask: Tensor) -> MultiGraphAlignmentOutput:
+                              text_mask: Tensor | None, text_lengths: Tensor | None = None
+                              ) -> MultiGraphAlignmentOutput:
         """MGA over image, answer and extended-answer nodes; both text passes in one batch."""
         batch = input_ids.shape[0]
-        if text_ids.shape[0] != 2 * batch:
-            raise ValueError(f"mga_text_ids has {text_ids.shape[0]} rows, expected 2 x batch = {2 * batch} "
+        samples = text_lengths.shape[0] if text_lengths is not None else text_ids.shape[0]
+        if samples != 2 * batch:
+            raise ValueError(f"the text passes have {samples} samples, expected 2 x batch = {2 * batch} "
                              "(answers then extended answers)")
         z_image = self.image_nodes(input_ids, image_features)
-        text = self.text_nodes(text_ids, text_mask)
+        text = self.text_nodes(text_ids, text_mask, text_lengths)
         nodes = [z_image, text[:batch], text[batch:]]
         global_graph = bool(self.config.mga_global_graph) and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1
@@ -309,6 +332,7 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         logits_to_keep: int | Tensor = 0,
         mga_text_ids: Tensor | None = None,
         mga_text_mask: Tensor | None = None,
+        mga_text_lengths: Tensor | None = None,
         **kwargs,
     ) -> ExGraMedCausalLMOutput:
         image_features = None
@@ -332,7 +356,8 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         align_loss = align_terms = None
         if mga_text_ids is not None and self.training and hasattr(self.model, "mga"):
-            alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask)
+            alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask,
+                                                   mga_text_lengths)
             align_loss = alignment.loss
             align_terms = {f"hamming_{name}": value for name, value in alignment.hamming.items()}
             align_terms["matching_accuracy"] = alignment.matching_accuracy

@@ -9,7 +9,6 @@ falls back to the matching hub id (with a warning) instead of failing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,9 +16,9 @@ from pathlib import Path
 from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+
 logger = logging.getLogger(__name__)
 VISION_TOWER_PREFIX = "model.vision_tower."
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 DEFAULT_CLIP_HUB_ID = "openai/clip-vit-large-patch14"
 # Folder names seen in original configs -> the hub id holding the same weights.
 KNOWN_VISION_HUB_IDS = {
@@ -35,25 +34,6 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 def looks_like_local_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or os.path.isabs(source)
-
-
-def checkpoint_weight_names(model_dir: str | os.PathLike) -> set[str]:
-    """Tensor names stored in a checkpoint folder (safetensors or .bin, sharded or not)."""
-    model_dir = Path(model_dir)
-    for index_name in _WEIGHT_INDEXES:
-        index = model_dir / index_name
-        if index.is_file():
-            return set(json.loads(index.read_text())["weight_map"])
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-        with safe_open(str(single), framework="pt") as handle:
-            return set(handle.keys())
-    names: set[str] = set()
-    for shard in sorted(model_dir.glob("pytorch_model*.bin")):
-        import torch
-        names.update(torch.load(shard, map_location="meta", weights_only=True).keys())
-    return names
 
 
 def load_vision_tower_weights(tower: nn.Module, source: str) -> None:

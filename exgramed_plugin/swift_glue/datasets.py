@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from swift.dataset import DATASET_MAPPING, DatasetLoader, DatasetMeta, register_
 from swift.dataset.dataset_syntax import DatasetSyntax
 from swift.dataset.preprocessor import RowPreprocessor
 
-from ..data.formats import EXTRA_COLUMNS, row_to_standard
+from ..data.formats import EXTRA_COLUMNS, DataFormatError, detect_format, row_to_standard
+from ..data.jsonio import read_json_or_jsonl
+from ..settings import LOSS_TYPE, current_settings
 
 DATA_ROOT_ENV = "EXGRAMED_DATA_ROOT"
 DEMO_DIR_ENV = "EXGRAMED_DEMO_DIR"
@@ -32,15 +35,30 @@ _MESSAGES_WITH_IMAGES = (re.compile(r'"messages"\s*:'), re.compile(r'"images?"\s
 
 
 class ExGraMedPreprocessor(RowPreprocessor):
-    """Converts our formats to swift rows; always strict (a bad row stops the run, naming itself)."""
+    """Converts our formats to swift rows; always strict (a bad row stops the run, naming itself).
 
-    def __init__(self, source: str | None = None, image_root: str | None = None, **kwargs: Any) -> None:
+    With multi-graph alignment on (the run's settings when the preprocessor is made), every row
+    must carry extended answers: checked here, before training, rather than at encode time where
+    swift would replace the row by a random other one.
+    """
+
+    def __init__(self, source: str | None = None, image_root: str | None = None,
+                 require_extended_answers: bool | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.image_root = image_root
+        if require_extended_answers is None:
+            require_extended_answers = current_settings().mga.active
+        self.require_extended_answers = require_extended_answers
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
-        return row_to_standard(row, self.source, self.image_root)
+        standard = row_to_standard(row, self.source, self.image_root)
+        if self.require_extended_answers and not standard.get("extended_answers"):
+            field = "extended_answers" if detect_format(row) == "messages" else "conversations_long"
+            raise DataFormatError(f"{self.source or '<dataset>'}, row id={standard.get('id')!r}, field {field!r}: "
+                                  f"missing; --loss_type {LOSS_TYPE} needs extended answers for every training row "
+                                  "(exgramed extend-captions writes them)")
+        return standard
 
     def __call__(self, dataset, *, strict: bool = False, load_from_cache_file: bool = True, **kwargs):
         # Never drop rows silently, and re-check images on every load (a cached result would hide
@@ -65,8 +83,16 @@ def is_our_format(path: str) -> bool:
     return bool(_OUR_FORMAT.search(head)) or all(p.search(head) for p in _MESSAGES_WITH_IMAGES)
 
 
+def check_json_file(path: str) -> None:
+    """Parse the file before swift does: swift reports a broken file as a generic
+    ``DatasetGenerationError``, or a bad JSONL line by 0-based row in a middle log line. Raises
+    :class:`JsonFileError` (``FILE:LINE:COLUMN: what is wrong``)."""
+    read_json_or_jsonl(path)
+
+
 def file_dataset_meta(path: str, image_root: str | None = None) -> DatasetMeta:
     path = os.path.abspath(path)
+    check_json_file(path)
     return DatasetMeta(dataset_path=path, preprocess_func=ExGraMedPreprocessor(source=path, image_root=image_root))
 
 
@@ -102,8 +128,9 @@ class NamedDatasetMeta(DatasetMeta):
     default_root: str | None = None
     relative_path: str = ""
 
-    def resolve_path(self) -> str:
-        root = os.environ.get(self.root_env) or self.default_root
+    def resolve_path(self, environ: Mapping[str, str] | None = None) -> str:
+        """The file under the root named by ``environ`` (default: this process's environment)."""
+        root = (os.environ if environ is None else environ).get(self.root_env) or self.default_root
         if root is None:
             raise FileNotFoundError(f"dataset {self.dataset_name!r}: set {self.root_env} to the folder that holds "
                                     f"{self.relative_path}")
@@ -117,6 +144,7 @@ class NamedDatasetMeta(DatasetMeta):
 class NamedDatasetLoader(DatasetLoader):
     def load(self, dataset_syntax=None, dataset_meta=None, *, use_hf=None):
         path = dataset_meta.resolve_path()
+        check_json_file(path)
         meta = dataclasses.replace(dataset_meta, dataset_path=path,
                                    preprocess_func=ExGraMedPreprocessor(source=path))
         return self._load_dataset_path(path, dataset_meta=meta)

@@ -16,7 +16,8 @@ import torch
 from swift.loss import BaseLoss, loss_map
 
 from ..modeling.modeling import ExGraMedForCausalLM
-from .mga_settings import LOSS_TYPE
+from ..settings import LOSS_TYPE
+from .training_guard import SkippedAlignmentReport, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class ExGraMedAlignmentLoss(BaseLoss):
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
         self.model: ExGraMedForCausalLM | None = None  # found on the first call: the trainer sets .model later
+        self.skipped_report = SkippedAlignmentReport()
 
     def _setup(self) -> ExGraMedForCausalLM:
         if self.model is None:
@@ -47,6 +49,8 @@ class ExGraMedAlignmentLoss(BaseLoss):
             if mga is not None and not any(p.requires_grad for p in mga.parameters()):
                 logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
                                "--modules_to_save mga to train and save it")
+            if mga is not None and self.trainer is not None and hasattr(self.trainer, "add_callback"):
+                self.trainer.add_callback(self.skipped_report)
         return self.model
 
     def _amp_loss_scale(self) -> float:
@@ -72,11 +76,16 @@ class ExGraMedAlignmentLoss(BaseLoss):
         if loss_scale is not None:
             token_loss = token_loss * loss_scale
         local_items = (labels[:, 1:] != -100).sum()
-        self._log("lm_loss", token_loss.sum() / local_items.clamp_min(1))
+        lm_loss = token_loss.sum() / local_items.clamp_min(1)
+        check_finite("lm", lm_loss, self.trainer)
+        self._log("lm_loss", lm_loss)
         loss = token_loss.sum() / (local_items if num_items_in_batch is None else num_items_in_batch)
         align_loss = getattr(outputs, "align_loss", None)
         if align_loss is None:
             return loss
+        check_finite("align", align_loss, self.trainer)
+        if self.model.training and outputs.align_terms and "mga_graph_nodes" in outputs.align_terms:
+            self.skipped_report.count(int(outputs.align_terms["mga_graph_nodes"]))
         self._log("align_loss", align_loss)
         for name, value in (outputs.align_terms or {}).items():
             self._log(name, value)

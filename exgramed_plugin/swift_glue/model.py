@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from swift.model import Model, ModelGroup, ModelLoader, ModelMeta, register_model
@@ -15,13 +14,13 @@ from ..modeling.checkpoint import OriginalCheckpoint, is_original_checkpoint
 from ..modeling.configuration import ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
 from ..modeling.processing import ExGraMedProcessor
-from ..modeling.vision import VISION_TOWER_PREFIX, checkpoint_weight_names, load_vision_tower_weights
-from .mga_settings import apply_mga_settings
+from ..modeling.vision import VISION_TOWER_PREFIX, load_vision_tower_weights
+from ..modeling.weight_files import check_weight_files, weight_names
+from ..settings import apply_mga_to_config, current_settings
 from .template import TEMPLATE_TYPE
 
 logger = logging.getLogger(__name__)
 MODEL_TYPE = "exgra_med"
-VISION_TOWER_ENV = "VISION_TOWER"  # set by --model_kwargs '{"vision_tower": ...}'
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 # Module-path prefixes used by --freeze_vit / --freeze_aligner / --freeze_llm, LoRA targets and
@@ -49,9 +48,13 @@ class ExGraMedLoader(ModelLoader):
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not an exgra_med checkpoint")
         self.auto_config_cls = ExGraMedConfig
+        settings = current_settings()
         if is_original_checkpoint(model_dir):
-            self._original = OriginalCheckpoint.open(model_dir)
-            apply_mga_settings(self._original.config)  # stage-2 GNN weights load into model.mga when MGA is on
+            loader = settings.loader
+            self._original = OriginalCheckpoint.open(
+                model_dir, vision_tower=loader.vision_tower, dense_connector=loader.dense_connector,
+                num_l=loader.num_l, legacy_tokenization=settings.template.legacy_tokenization)
+            apply_mga_to_config(self._original.config, settings)  # stage-2 GNN weights load into model.mga when on
             return self._original.config
         model_type = json.loads(config_path.read_text()).get("model_type")
         if model_type != MODEL_TYPE:
@@ -59,7 +62,7 @@ class ExGraMedLoader(ModelLoader):
                              "LLaVA-Med checkpoint (model_type 'llava', architectures ['LlavaLlamaForCausalLM'], mm_* "
                              "keys at the top level)")
         config = ExGraMedConfig.from_pretrained(model_dir)
-        apply_mga_settings(config)
+        apply_mga_to_config(config, settings)
         return config
 
     def get_processor(self, model_dir: str, config) -> ExGraMedProcessor:
@@ -78,9 +81,10 @@ class ExGraMedLoader(ModelLoader):
             if compat is not None:
                 compat(model)
             return model
+        check_weight_files(model_dir)  # a truncated shard is named here, not as a bare SafetensorError
         model = super().get_model(model_dir, config, processor, model_kwargs)
-        override = os.environ.get(VISION_TOWER_ENV)
-        bundled = any(name.startswith(VISION_TOWER_PREFIX) for name in checkpoint_weight_names(model_dir))
+        override = current_settings().loader.vision_tower
+        bundled = any(name.startswith(VISION_TOWER_PREFIX) for name in weight_names(model_dir))
         if override or not bundled:
             source = override or config.mm_vision_tower
             if not source:

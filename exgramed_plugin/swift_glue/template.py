@@ -7,7 +7,6 @@ question at inference, per-chunk tokenization around the added tokens) does not 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from swift.template import Template, TemplateMeta, register_template
@@ -18,12 +17,10 @@ import torch
 from ..data.conversation import (IMAGE_TAG, SEPARATOR, SYSTEM_PROMPT, Segment, check_turns, image_block,
                                  inference_prompt, merge_answers, postprocess_response, tokenize_segments,
                                  training_segments)
+from ..settings import TemplateSettings, current_settings
+from .training_guard import check_finite
 
 TEMPLATE_TYPE = "exgra_med"
-RESPONSE_MODE_ENV = "EXGRAMED_RESPONSE_MODE"
-LEGACY_TOKENIZATION_ENV = "EXGRAMED_LEGACY_TOKENIZATION"
-PROMPT_STYLE_ENV = "EXGRAMED_PROMPT_STYLE"
-PROMPT_STYLES = ("simple", "v0")
 
 
 def _row_context(inputs: StdTemplateInputs) -> str:
@@ -33,12 +30,18 @@ def _row_context(inputs: StdTemplateInputs) -> str:
 
 
 class ExGraMedTemplate(Template):
-    """Encodes conversations exactly as the original LLaVA-Med v0 code formats them."""
+    """Encodes conversations exactly as the original LLaVA-Med v0 code formats them.
+
+    ``settings`` (prompt style, response mode, legacy tokenization) are the process's settings when
+    the template is made; ``exgramed predict`` replaces them with its command-line choices.
+    """
 
     skip_prompt = True
+    settings: TemplateSettings
 
     def init_processor(self, processor) -> None:
         super().init_processor(processor)
+        self.settings = current_settings().template
         if processor is None:
             return
         tokenizer = self.tokenizer
@@ -60,19 +63,14 @@ class ExGraMedTemplate(Template):
         return image_block(config.num_image_tokens, config.mm_use_im_start_end)
 
     def _legacy_tokenization(self) -> bool:
-        value = os.environ.get(LEGACY_TOKENIZATION_ENV)
-        if value is not None:
-            return value.strip().lower() in {"1", "true", "yes"}
+        if self.settings.legacy_tokenization is not None:
+            return self.settings.legacy_tokenization
         return bool(getattr(self._model_config, "mm_legacy_tokenization", False))
 
-    @staticmethod
-    def _prompt_style() -> str:
+    def _prompt_style(self) -> str:
         """``simple`` (default): the original evaluation prompt (§2.3). ``v0``: the training format
         (§2.1) ending in ``### Assistant:``, consistent with how the model was trained."""
-        style = os.environ.get(PROMPT_STYLE_ENV, "simple")
-        if style not in PROMPT_STYLES:
-            raise ValueError(f"{PROMPT_STYLE_ENV}={style!r}; expected one of {PROMPT_STYLES}")
-        return style
+        return self.settings.prompt_style
 
     def _encode(self, inputs: StdTemplateInputs) -> dict[str, Any]:
         context = _row_context(inputs)
@@ -127,12 +125,23 @@ class ExGraMedTemplate(Template):
                 "extended_answer_ids": encode(merge_answers(extended))}
 
     def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
-        """swift's collation plus, in training with MGA, both text-node batches as one padded
-        ``[2B, L]`` tensor (answers first, then extended answers) so the LLM runs them in one pass."""
+        """swift's collation plus, in training with MGA, the merged answers then the merged extended
+        answers of the step (§3.1), for the text passes.
+
+        Packed by default: ``mga_text_ids`` ``[1, T]`` back to back and ``mga_text_lengths`` ``[2B]``,
+        no padding (the model lays them out, modeling/text_packing.py). ``mga_pooling=padded`` (the
+        original's mean over padding) or ``mga_text_packing`` false: one right-padded ``[2B, L]``
+        ``mga_text_ids`` with ``mga_text_mask``.
+        """
         result = super()._data_collator(batch, padding_to=padding_to)
         if not batch or "merged_answer_ids" not in batch[0]:
             return result
         sequences = [b["merged_answer_ids"] for b in batch] + [b["extended_answer_ids"] for b in batch]
+        config = self._model_config
+        if getattr(config, "mga_text_packing", True) and getattr(config, "mga_pooling", "masked") != "padded":
+            result["mga_text_ids"] = torch.tensor([[t for s in sequences for t in s]], dtype=torch.long)
+            result["mga_text_lengths"] = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+            return result
         length = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         result["mga_text_ids"] = torch.tensor([s + [pad] * (length - len(s)) for s in sequences], dtype=torch.long)
@@ -140,17 +149,29 @@ class ExGraMedTemplate(Template):
                                                dtype=torch.long)
         return result
 
+    def compute_sft_loss(self, model, inputs: dict[str, Any], num_items_in_batch=None, trainer=None):
+        """swift's loss path, stopping at a non-finite LM term whatever ``--loss_type`` computes it
+        from: the model's own loss when it returns one, else the logits the loss is taken of."""
+        outputs = super().compute_sft_loss(model, inputs, num_items_in_batch=num_items_in_batch, trainer=trainer)
+        if trainer is not None:
+            loss = getattr(outputs, "loss", None)
+            if loss is not None:
+                check_finite("lm", loss, trainer)
+            elif getattr(outputs, "logits", None) is not None:
+                check_finite("lm", outputs.logits, trainer, what="logits")
+        return outputs
+
     def decode_generate_ids(self, generate_ids, *, is_finished: bool = True, first_token=True, template_inputs=None,
                             **kwargs) -> Any:
         """Decode like ``model_vqa_med.py``: skip special tokens, then cut at the first ``###`` (§2.4).
 
-        ``EXGRAMED_RESPONSE_MODE`` = ``original`` (default, keeps a leading ``Assistant:``),
+        ``exgramed_response_mode`` = ``original`` (default, keeps a leading ``Assistant:``),
         ``clean`` (drops it) or ``raw`` (the generated text untouched).
         """
         raw = self.tokenizer.decode(list(generate_ids), skip_special_tokens=True)
         if not is_finished:
             return raw
-        return postprocess_response(raw, os.environ.get(RESPONSE_MODE_ENV, "original"))
+        return postprocess_response(raw, self.settings.response_mode)
 
 
 def register_exgra_med_template() -> None:

@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,10 @@ from exgramed_plugin.alignment import (
 from exgramed_plugin.alignment.solvers import (
     _pair_indicator_difference,
     _quadratic_gradients,
+    branch_and_bound,
+    solve_ipfp,
 )
+from exgramed_plugin.alignment.solvers.tables import _gradients, _pair_coefficients
 
 
 def mga_instances(batch, n, seed, noise=1.0, k=5, d=16, shared_structure=True):
@@ -205,3 +209,158 @@ def test_default_solver_without_edges_is_the_lap(e1, e2):
     problems = (unary, torch.randn(2, e1, e2, generator=gen, dtype=torch.float64),
                 torch.randint(0, 5, (2, 2, e1), generator=gen), torch.randint(0, 6, (2, 2, e2), generator=gen))
     torch.testing.assert_close(solve_graph_matching(*problems), solve_graph_matching(*problems, solver="lap"))
+
+
+def gaussian_instances(batch, n, seed, k=3):
+    """i.i.d. Gaussian costs on two random kNN graphs: rugged landscapes where local search stalls."""
+    gen = torch.Generator().manual_seed(seed)
+    edges_a = torch.stack([knn_graph(torch.randn(n, 4, generator=gen), k) for _ in range(batch)])
+    edges_b = torch.stack([knn_graph(torch.randn(n, 4, generator=gen), k) for _ in range(batch)])
+    unary = 0.5 * torch.randn(batch, n, n, generator=gen, dtype=torch.float64) - 0.2
+    quadratic = 0.5 * torch.randn(batch, edges_a.shape[2], edges_b.shape[2], generator=gen, dtype=torch.float64)
+    return unary, quadratic, edges_a, edges_b
+
+
+def stacked_random_costs(count, n, m, e1, e2, seed):
+    """``count`` problems of :func:`random_costs` (self loops and duplicate edges included) as one batch."""
+    parts = [random_costs(n, m, e1, e2, seed + i) for i in range(count)]
+    return tuple(torch.cat(values) for values in zip(*parts))
+
+
+def objective_of(assignment, problems):
+    m = problems[0].shape[2]
+    return matching_objective(F.one_hot(torch.as_tensor(assignment) + 1, m + 1)[..., 1:].double(), *problems)
+
+
+SMALL_FAMILIES = {
+    "random_edges": lambda seed: stacked_random_costs(4, 5, 6, 9, 8, seed),
+    "random_edges_tall": lambda seed: stacked_random_costs(4, 6, 4, 10, 6, seed),
+    "mga": lambda seed: mga_instances(4, 6, seed, shared_structure=False),
+    "gaussian": lambda seed: gaussian_instances(4, 6, seed),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_FAMILIES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_branch_and_bound_equals_enumeration(family, seed):
+    problems = SMALL_FAMILIES[family](40 + seed)
+    problem = prepare_problem(*problems)
+    optimum = matching_objective(solve_graph_matching(*problems, solver="exact"), *problems)
+    b, n, _ = problems[0].shape
+    for incumbent in (solve_ipfp(problem).numpy(), np.full((b, n), -1)):  # a good and the empty start
+        assignment, proven, nodes = branch_and_bound(problem, incumbent, node_budget=10**6)
+        assert proven.all() and (nodes >= 1).all()
+        torch.testing.assert_close(objective_of(assignment, problems), optimum, rtol=0, atol=1e-9)
+
+
+def test_branch_and_bound_matches_python_brute_force():
+    # the enumeration above is itself a solver: check against plain Python on a few instances too
+    for seed in range(3):
+        problems = random_costs(4, 4, 7, 6, 200 + seed)
+        value, _ = brute_force(*(p[0] for p in problems))
+        found = solve_graph_matching(*problems, solver="bnb")
+        assert matching_objective(found, *problems).item() == pytest.approx(value, abs=1e-9)
+
+
+def test_node_budget_is_respected_and_falls_back_to_a_valid_matching():
+    problems = gaussian_instances(6, 8, seed=3, k=5)
+    problem = prepare_problem(*problems)
+    start = solve_ipfp(problem).numpy()
+    for budget in (1, 50, 400):
+        assignment, proven, nodes = branch_and_bound(problem, start, node_budget=budget)
+        assert (nodes <= budget).all() and not proven.all()
+        assert ((assignment >= -1) & (assignment < 8)).all()
+        for row in assignment:  # a partial matching: no column twice
+            used = row[row >= 0]
+            assert len(np.unique(used)) == len(used)
+        assert bool((objective_of(assignment, problems) <= objective_of(start, problems) + 1e-12).all())
+    # no node beyond the root: the registered solver returns its heuristic start unchanged
+    torch.testing.assert_close(
+        solve_graph_matching(*problems, solver="bnb", node_budget=1), solve_graph_matching(*problems, solver="ipfp")
+    )
+
+
+def test_branch_and_bound_refuses_problems_too_large_for_dense_pairs():
+    problem = prepare_problem(*gaussian_instances(1, 21, seed=0))
+    with pytest.raises(ValueError, match="n \\* m <= 400"):
+        branch_and_bound(problem, np.full((1, 21), -1))
+
+
+@pytest.mark.parametrize("n", [6, 7])  # 8 x 8 enumeration takes seconds: benchmarks/bench_solvers.py covers it
+def test_default_solver_is_exact_on_small_gaussian_costs(n):
+    problems = gaussian_instances(6, n, seed=10 + n, k=4)
+    exact = matching_objective(solve_graph_matching(*problems, solver="exact"), *problems)
+    ipfp = matching_objective(solve_graph_matching(*problems, solver="ipfp"), *problems)
+    found = matching_objective(solve_graph_matching(*problems), *problems)
+    torch.testing.assert_close(found, exact, rtol=0, atol=1e-9)
+    assert bool((ipfp > exact + 1e-6).any())  # the instances are hard for the heuristic alone
+
+
+def test_iterated_local_search_improves_on_ipfp_for_hard_costs():
+    problems = gaussian_instances(6, 7, seed=5)
+    exact = matching_objective(solve_graph_matching(*problems, solver="exact"), *problems)
+    ipfp = matching_objective(solve_graph_matching(*problems, solver="ipfp"), *problems)
+    ils = matching_objective(solve_graph_matching(*problems, solver="ils"), *problems)
+    assert bool((ils <= ipfp + 1e-12).all()) and bool((ils >= exact - 1e-9).all())
+    gap = lambda value: ((value - exact) / exact.abs()).mean()  # noqa: E731
+    assert gap(ils) < 0.5 * gap(ipfp)
+
+
+@pytest.mark.parametrize("solver,n,options", [
+    ("auto", 7, {}),  # branch-and-bound path
+    ("auto", 11, {}),  # IPFP path
+    ("auto", 8, {"exact_budget": 200}),  # budget runs out: iterated local search fallback
+    ("bnb", 8, {"node_budget": 300}),  # budget runs out for some problems only
+    ("ils", 9, {"rounds": 6, "parallel": 4}),
+    ("ipfp", 9, {}),
+])
+def test_batched_equals_per_problem_and_is_deterministic(solver, n, options):
+    problems = gaussian_instances(5, n, seed=7, k=4)
+    batched = solve_graph_matching(*problems, solver=solver, **options)
+    torch.testing.assert_close(batched, solve_graph_matching(*problems, solver=solver, **options), rtol=0, atol=0)
+    for p in range(5):
+        alone = solve_graph_matching(*(value[p : p + 1] for value in problems), solver=solver, **options)
+        torch.testing.assert_close(alone[0], batched[p], rtol=0, atol=0)
+    order = [3, 1, 4, 0, 2]
+    shuffled = solve_graph_matching(*(value[order] for value in problems), solver=solver, **options)
+    torch.testing.assert_close(shuffled, batched[order], rtol=0, atol=0)
+
+
+def test_default_solver_falls_back_to_search_when_the_budget_runs_out():
+    problems = gaussian_instances(6, 7, seed=4, k=4)
+    ipfp = matching_objective(solve_graph_matching(*problems, solver="ipfp"), *problems)
+    exact = matching_objective(solve_graph_matching(*problems, solver="exact"), *problems)
+    found = solve_graph_matching(*problems, exact_budget=20)
+    assert bool(((found.sum(1) <= 1) & (found.sum(1) >= 0)).all()) and bool((found.sum(2) <= 1).all())
+    value = matching_objective(found, *problems)
+    assert bool((value <= ipfp + 1e-12).all()) and bool((value >= exact - 1e-9).all())
+    assert value.sum() < ipfp.sum()
+
+
+def test_searches_leave_the_global_generators_alone():
+    problems = gaussian_instances(2, 9, seed=2)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    numpy_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+    for solver in ("auto", "ils", "bnb"):
+        solve_graph_matching(*problems, solver=solver)
+    assert (np.random.get_state()[1] == numpy_state).all() and torch.equal(torch.get_rng_state(), torch_state)
+
+
+@pytest.mark.parametrize("structure", ["random", "knn"])
+def test_copied_tables_equal_tables_of_copied_problems(structure):
+    if structure == "random":  # self loops and duplicate B edges
+        problems = stacked_random_costs(3, 5, 6, 9, 8, seed=30)
+    else:
+        problems = mga_instances(3, 7, seed=30, shared_structure=False)
+    problem = prepare_problem(*problems)
+    index = np.array([2, 0, 0, 1, 2])
+    shared, rebuilt = problem.tables().take(index), problem.take(index).tables()
+    gen = np.random.default_rng(0)
+    _, n, m = problem.shape
+    for _ in range(4):
+        assignment = np.stack([gen.permutation(m)[:n] for _ in index])
+        assignment[gen.random(assignment.shape) < 0.3] = -1
+        np.testing.assert_array_equal(_gradients(shared, assignment), _gradients(rebuilt, assignment))
+        for found, expected in zip(_pair_coefficients(shared, assignment), _pair_coefficients(rebuilt, assignment)):
+            np.testing.assert_array_equal(found, expected)

@@ -29,6 +29,7 @@ import yaml
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.distributed
 SWIFT = str(Path(sys.executable).parent / "swift")
 REGISTER = str(REPO_ROOT / "exgramed_plugin" / "register.py")
 BATCH = 3

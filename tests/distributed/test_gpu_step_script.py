@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO_ROOT
@@ -19,6 +20,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow
 def test_exits_with_a_message_without_cuda(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(tmp_path)}
     result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "1"], env=env, capture_output=True, text=True,

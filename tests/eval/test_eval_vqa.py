@@ -241,3 +241,139 @@ def test_main_reports_id_mismatch_on_stderr(
     assert main(["--gt", str(gt_path), "--pred", str(pred_path)]) == 2
     assert "missing predictions for 1 id(s): ['2']" in capsys.readouterr().err
     assert not (tmp_path / "p.metrics.json").exists()
+
+
+def test_raw_line_separators_in_answers_stay_inside_their_row(vqa_files: dict[str, Path]) -> None:
+    # Answers files written before issue 12 hold U+2028/U+2029 raw; str.splitlines() split their rows.
+    rows = [json.loads(line) for line in vqa_files["pred"].read_text().splitlines()]
+    rows[1]["text"] = "Assistant: right\u2028lung\u2029"
+    vqa_files["pred"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    answers = load_answers(vqa_files["pred"])
+    assert [(a.id, a.text) for a in answers][1] == ("3", "Assistant: right\u2028lung\u2029")
+    assert len(answers) == 4
+    assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"])]) == 0
+
+
+def test_a_bad_answers_line_is_named_on_the_last_line(
+    vqa_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = vqa_files["pred"].read_text().splitlines()
+    lines[2] = lines[2].replace('"text": ', '"text" ')
+    vqa_files["pred"].write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"])]) == 2
+    column = lines[2].index('"text" ') + len('"text" ') + 1  # where the colon is missing
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {vqa_files['pred']}:3:{column}: invalid JSON: Expecting ':' delimiter")
+
+
+# --- MedEvalKit convention (expected values derived by hand from MedEvalKit's utils.py / VQA_RAD.py) ---
+#
+# vqa_files under --dataset vqa_rad: q1, q2 closed (gt yes/no), q3, q4 open; responses lower-cased:
+#   q1 "assistant: yes": 'yes' in, 'no' not in -> XOR true, "yes" in -> right (corrected: word "yes" -> right)
+#   q2 "assistant: not sure": 'no' in "not" -> right (corrected: no word "no" -> wrong)
+#   q3 "assistant: right lung" != "right lung" -> no exact match; word sets {assistant:, right, lung} vs
+#      {right, lung}: P 2/3, R 1, F1 0.8
+#   q4 "assistant: lung lung lung" vs {left, lung}: {assistant:, lung}: P 1/2, R 1/2, F1 1/2
+# medevalkit: accuracy (2 + 0) / 4 = 50, closed 100, em 0; reported precision = mean F1 = 65,
+#   recall = mean P = (2/3 + 1/2) / 2, f1 = mean R = 75.
+# corrected: accuracy 1/4 = 25, closed 50; precision (2/3 + 1/2) / 2, recall 75, f1 65.
+
+
+def test_evaluate_vqa_medevalkit_conventions(vqa_files: dict[str, Path]) -> None:
+    report = evaluate_vqa(vqa_files["gt"], vqa_files["pred"], dataset="vqa_rad")
+    faithful, corrected = report.medevalkit, report.medevalkit_corrected
+    assert faithful["accuracy"] == pytest.approx(50.0)
+    assert faithful["closed_accuracy"] == pytest.approx(100.0)
+    assert faithful["exact_match"] == pytest.approx(0.0)
+    assert faithful["precision"] == pytest.approx(65.0)
+    assert faithful["open_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2 * 100)
+    assert faithful["f1"] == pytest.approx(75.0)
+    assert corrected["accuracy"] == pytest.approx(25.0)
+    assert corrected["closed_accuracy"] == pytest.approx(50.0)
+    assert corrected["precision"] == pytest.approx((2 / 3 + 1 / 2) / 2 * 100)
+    assert corrected["open_recall"] == pytest.approx(75.0)
+    assert corrected["f1"] == pytest.approx(65.0)
+    assert report.medevalkit_info["open"] == 2 and report.medevalkit_info["closed"] == 2
+    assert report.original["closed_accuracy"] == pytest.approx(100.0)  # the other conventions unchanged
+
+
+def test_evaluate_vqa_rejects_unknown_dataset(vqa_files: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="vqa_rad, slake, pathvqa.*'rad'"):
+        evaluate_vqa(vqa_files["gt"], vqa_files["pred"], dataset="rad")
+
+
+def test_main_prints_and_writes_three_conventions(
+    vqa_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"]), "--dataset", "vqa_rad"]) == 0
+    stdout = capsys.readouterr().out
+    header = next(line for line in stdout.splitlines() if line.startswith("Metric"))
+    assert header.split()[1:5] == ["original", "strict", "medevalkit", "medevalkit_corrected"]
+    closed_line = next(line for line in stdout.splitlines() if line.startswith("Closed accuracy"))
+    assert closed_line.split()[2:6] == ["100.00", "50.00", "100.00", "50.00"]
+    accuracy_line = next(line for line in stdout.splitlines() if line.startswith("Accuracy (closed"))
+    assert accuracy_line.split()[6:10] == ["-", "-", "50.00", "25.00"]  # the label has 6 words
+    assert "medevalkit (vqa_rad): open 2, closed 2" in stdout
+
+    summary = json.loads((vqa_files["pred"].parent / "answers.metrics.json").read_text())
+    assert summary["original"]["open_recall"] == pytest.approx(87.5)
+    assert summary["strict"]["closed_accuracy"] == pytest.approx(50.0)
+    assert summary["medevalkit"]["accuracy"] == pytest.approx(50.0)
+    assert summary["medevalkit_corrected"]["accuracy"] == pytest.approx(25.0)
+    assert summary["medevalkit_info"]["dataset"] == "vqa_rad"
+    assert "prf_swapped" in summary["medevalkit_quirks"]
+
+    with open(vqa_files["pred"].parent / "answers.per_question.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[1]["original_closed_hit"]) == 1.0
+    assert float(rows[1]["strict_closed_hit"]) == 0.0
+    assert float(rows[1]["medevalkit_correct"]) == 1.0
+    assert float(rows[1]["medevalkit_corrected_correct"]) == 0.0
+    assert rows[2]["medevalkit_compared"] == "assistant: right lung"
+    assert float(rows[2]["medevalkit_precision"]) == pytest.approx(0.8)  # F1 in the precision slot
+    assert float(rows[2]["medevalkit_corrected_precision"]) == pytest.approx(2 / 3)
+
+
+def test_main_without_dataset_says_medevalkit_is_not_scored(
+    vqa_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"])]) == 0
+    assert "medevalkit: not scored (pass --dataset vqa_rad|slake|pathvqa" in capsys.readouterr().out
+    summary = json.loads((vqa_files["pred"].parent / "answers.metrics.json").read_text())
+    assert summary["medevalkit"] is None
+
+
+def test_main_medevalkit_llm_judge_through_openai_server(
+    vqa_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exgramed_llm_fakes import RecordedServer
+
+    def responder(request: dict) -> tuple[int, str]:
+        content = request["messages"][0]["content"]
+        if "The user's answer: assistant: right lung" in content:
+            return 200, "<think>same organ</think>\n<judge>0</judge>"
+        return 400, "refused"  # q4: fails for good -> counted incorrect, listed
+
+    with RecordedServer(responder) as server:
+        assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"]), "--dataset", "vqa_rad",
+                     "--llm-judge-url", server.base_url, "--llm-judge-model", "judge-m", "--max-attempts", "1",
+                     "--backoff", "0"]) == 0
+    # VQA_RAD sends the open questions only (q3, q4), lower-cased, with MedEvalKit's request settings
+    assert len(server.requests) == 2
+    assert all(r["model"] == "judge-m" and r["temperature"] == 0 and r["max_tokens"] == 4096
+               for r in server.requests)
+    assert any("The standard answer: right lung" in r["messages"][0]["content"] for r in server.requests)
+    summary = json.loads((vqa_files["pred"].parent / "answers.metrics.json").read_text())
+    # closed right 2 (rule) + judged open right 1 (q3) -> 3/4; corrected: 1 + 1 -> 2/4
+    assert summary["medevalkit"]["accuracy"] == pytest.approx(75.0)
+    assert summary["medevalkit"]["open_judge_accuracy"] == pytest.approx(50.0)
+    assert summary["medevalkit_corrected"]["accuracy"] == pytest.approx(50.0)
+    assert summary["medevalkit_info"]["judge"]["failed_ids"] == ["4"]
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_main_llm_judge_needs_dataset(vqa_files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--gt", str(vqa_files["gt"]), "--pred", str(vqa_files["pred"]),
+                 "--llm-judge-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "--llm-judge-url needs --dataset" in capsys.readouterr().err

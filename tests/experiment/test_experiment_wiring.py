@@ -10,13 +10,13 @@ import torch
 from exgramed_plugin.alignment import MultiGraphAlignment
 from exgramed_plugin.alignment.contrastive import ContrastiveAlignment
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
-from exgramed_plugin.swift_glue.mga_settings import apply_mga_settings
+from exgramed_plugin.settings import apply_mga_to_config, parse_settings
 
 
 def test_env_selects_objective():
     config = ExGraMedConfig()
     assert config.mga_objective == "mga"
-    apply_mga_settings(config, environ={"MGA_OBJECTIVE": "siglip"}, argv=["--loss_type", "exgra_mga"])
+    apply_mga_to_config(config, parse_settings({"MGA_OBJECTIVE": "siglip"}, loss_type="exgra_mga"))
     assert config.mga_objective == "siglip" and config.mga_enabled
 
 

@@ -18,7 +18,9 @@ from exgramed_plugin.data.extend_captions import main as extend_main
 from exgramed_plugin.eval.chat_judge import main as chat_main
 from exgramed_plugin.openai_client import read_jsonl_records
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 REGISTER = REPO_ROOT / "exgramed_plugin" / "register.py"
 SWIFT = str(Path(sys.executable).parent / "swift")
 READY_TIMEOUT_S = 90

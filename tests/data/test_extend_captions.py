@@ -20,7 +20,8 @@ from exgramed_plugin.data.extend_captions import (
     main,
     parse_extension_reply,
 )
-from exgramed_plugin.openai_client import ChatClient, JsonlAppender, read_jsonl_records
+from exgramed_plugin.data.jsonio import JsonlAppender
+from exgramed_plugin.openai_client import ChatClient, read_jsonl_records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -237,6 +238,7 @@ def _wait_for_lines(path, n, timeout=30.0):
     raise AssertionError(f"{path} never reached {n} lines")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
 def test_resumes_after_an_interrupted_run_without_duplicates(tmp_path, how):
     data = tmp_path / "in.json"

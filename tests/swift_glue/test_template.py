@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import DATA_TEMPLATES
+from exgramed_plugin.settings import parse_settings
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
           "detailed, and polite answers to the human's questions.")
@@ -59,7 +60,8 @@ def test_inference_encoding_is_the_simple_prompt_without_the_answer(template):
 
 
 def test_inference_v0_prompt_style_ends_with_assistant(template, monkeypatch):
-    monkeypatch.setenv("EXGRAMED_PROMPT_STYLE", "v0")
+    # the environment channel, parsed into the settings a template is made with
+    monkeypatch.setattr(template, "settings", parse_settings({"EXGRAMED_PROMPT_STYLE": "v0"}).template)
     encoded = _encode(template, "transformers", _row())
     text = template.tokenizer.decode(encoded["input_ids"], skip_special_tokens=True)
     assert text.endswith("\n### Assistant:") and "mri" not in text
@@ -102,7 +104,7 @@ def test_decode_cuts_at_separator(template, monkeypatch):
     tok = template.tokenizer
     ids = tok.encode(" Assistant: yes\n### Human: next", add_special_tokens=False)
     assert template.decode_generate_ids(ids) == "Assistant: yes"
-    monkeypatch.setenv("EXGRAMED_RESPONSE_MODE", "clean")
+    monkeypatch.setattr(template, "settings", parse_settings({"EXGRAMED_RESPONSE_MODE": "clean"}).template)
     assert template.decode_generate_ids(ids) == "yes"
 
 

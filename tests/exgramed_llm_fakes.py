@@ -1,6 +1,6 @@
 """A recorded-reply OpenAI-compatible server for the LLM tool tests (stdlib, 127.0.0.1, free port).
 
-Not a test module: imported by tests/llm/test_*.py (pytest puts this folder on sys.path).
+Not a test module: imported by tests/eval/test_chat_judge.py and tests/data/test_extend_captions.py (pytest puts this folder on sys.path).
 """
 
 from __future__ import annotations

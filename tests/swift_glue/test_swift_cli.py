@@ -40,6 +40,7 @@ def trained(tiny_checkpoint, tmp_path_factory):
     return checkpoint_in(out)
 
 
+@pytest.mark.slow
 def test_sft_two_steps_with_relative_plugin_path(trained):
     args = json.loads((trained / "args.json").read_text())
     assert args["model_type"] == "exgra_med" and args["template"] == "exgra_med"
@@ -49,6 +50,7 @@ def test_sft_two_steps_with_relative_plugin_path(trained):
     assert state["global_step"] == 2 and all("loss" in h for h in state["log_history"][:2])
 
 
+@pytest.mark.slow
 def test_infer_from_another_directory_loads_the_plugin_from_args_json(trained, tmp_path):
     result_path = tmp_path / "answers.jsonl"
     run(["infer", "--model", str(trained), "--val_dataset", str(DATA_TEMPLATES / "vqa.json"),
@@ -60,6 +62,7 @@ def test_infer_from_another_directory_loads_the_plugin_from_args_json(trained, t
     assert all(isinstance(r["response"], str) and "###" not in r["response"] for r in rows)
 
 
+@pytest.mark.slow
 def test_missing_image_stops_training_naming_file_row_and_field(tiny_checkpoint, tmp_path):
     rows = json.loads((DATA_TEMPLATES / "vqa.json").read_text())
     rows[1]["image"] = "images/does_not_exist.png"
@@ -74,6 +77,7 @@ def test_missing_image_stops_training_naming_file_row_and_field(tiny_checkpoint,
     assert f"{data}, row id={rows[1]['id']!r}, field 'images': image not found" in output
 
 
+@pytest.mark.slow
 def test_recipe_runs_through_swift_sft_yaml(tiny_checkpoint, tmp_path):
     # demo_cpu.yaml trains with --loss_type exgra_mga: it needs extended answers
     run(["sft", "recipes/demo_cpu.yaml", "--model", str(tiny_checkpoint), "--dataset",

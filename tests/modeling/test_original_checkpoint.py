@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from conftest import DATA_TEMPLATES
+from exgramed_plugin.settings import parse_settings
 from original_layout import (AUTHORS_PATH, END, HEADS, HIDDEN, INTERMEDIATE, LAYERS, NUM_PATCHES, PATCH, SP_MODEL,
                              START, VOCAB, original_state_dict, write_original_checkpoint, write_vision_tower)
 
@@ -199,7 +200,9 @@ def test_inference_prompt_golden_ids_and_stop_word(legacy_template, sp):
 
 
 def test_switch_turns_legacy_tokenization_off(legacy_template, sp, monkeypatch):
-    monkeypatch.setenv("EXGRAMED_LEGACY_TOKENIZATION", "0")  # --model_kwargs '{"exgramed_legacy_tokenization": 0}'
+    # --model_kwargs '{"exgramed_legacy_tokenization": 0}', parsed into the settings a template is made with
+    settings = parse_settings({}, {"exgramed_legacy_tokenization": 0}).template
+    monkeypatch.setattr(legacy_template, "settings", settings)
     ids = _encode(legacy_template)["input_ids"]
     start = ids.index(START)
     assert ids[start - 1] == sp.piece_to_id("<0x0A>")  # the "\n" before the image block is kept

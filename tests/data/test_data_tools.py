@@ -148,3 +148,31 @@ def test_converter_errors_name_the_row(tmp_path):
                                "images": ["a.png", "b.png"]}) + "\n")
     with pytest.raises(ValueError, match=r"r7.*2 images"):
         convert_file(src, tmp_path / "o.json", "to-llava")
+
+
+def test_line_separator_in_an_answer_survives_both_converters(templates, capsys):
+    # Issue 12: llava-to-swift wrote U+2028 raw, and swift-to-llava (str.splitlines) read one row as two.
+    from exgramed_plugin.cli import main
+    rows = json.loads((templates / "vqa.json").read_text())
+    rows[0]["conversations"][1]["value"] = "first line\u2028second line\u2029third"
+    src, swift_file, back = templates / "u2028.json", templates / "u2028.jsonl", templates / "back.json"
+    src.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    assert main(["llava-to-swift", str(src), str(swift_file)]) == 0
+    assert len(swift_file.read_text(encoding="utf-8").splitlines()) == len(rows)
+    assert main(["swift-to-llava", str(swift_file), str(back)]) == 0
+    assert json.loads(back.read_text(encoding="utf-8")) == rows
+
+
+def test_truncated_input_names_file_line_and_column_as_the_last_line(templates, capsys):
+    from exgramed_plugin.cli import main
+    text = (templates / "vqa.json").read_text()
+    cut = text.index('"value"', len(text) // 2) + len('"value": "') + 3  # inside a string, past the middle
+    src = templates / "t.json"
+    src.write_text(text[:cut])
+    line = text[:cut].count("\n") + 1
+    column = cut - text.rfind("\n", 0, cut) - 4  # the string's opening quote (1-based)
+    capsys.readouterr()
+    assert main(["llava-to-swift", str(src), str(templates / "x.jsonl")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: {src}:{line}:{column}: invalid JSON: Unterminated string starting at"
+    assert not (templates / "x.jsonl").exists()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import DATA_TEMPLATES, REPO_ROOT
 from exgramed_plugin.data.conversation import merge_answers
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
-from exgramed_plugin.swift_glue.mga_settings import apply_mga_settings, requested_loss_type
+from exgramed_plugin.settings import apply_mga_to_config, parse_settings
 
 SWIFT = str(Path(sys.executable).parent / "swift")
 REGISTER = str(REPO_ROOT / "exgramed_plugin" / "register.py")
@@ -32,17 +32,17 @@ def test_merge_answers_like_the_original():
 
 def test_settings_from_environment_and_loss_type():
     config = ExGraMedConfig()
-    apply_mga_settings(config, environ={"MGA_ALPHA": "0.5", "MGA_K": "3", "MGA_POOLING": "padded",
-                                        "MGA_FIDELITY": "true"}, argv=["sft.py", "--loss_type", "exgra_mga"])
+    settings = parse_settings({"MGA_ALPHA": "0.5", "MGA_K": "3", "MGA_POOLING": "padded", "MGA_FIDELITY": "true"},
+                              loss_type="exgra_mga")
+    apply_mga_to_config(config, settings)
     assert (config.mga_alpha, config.mga_k, config.mga_pooling, config.mga_fidelity) == (0.5, 3, "padded", True)
     assert config.mga_enabled
-    apply_mga_settings(config, environ={"MGA_ALPHA": "0"}, argv=["--loss_type=exgra_mga"])
+    apply_mga_to_config(config, parse_settings({"MGA_ALPHA": "0"}, loss_type="exgra_mga"))
     assert not config.mga_enabled  # α = 0: plain LLaVA-Med training, no module, no extra forward
-    apply_mga_settings(config, environ={}, argv=["--loss_type", "cross_entropy"])
+    apply_mga_to_config(config, parse_settings({}, loss_type="cross_entropy"))
     assert not config.mga_enabled
-    assert requested_loss_type(["x", "--loss_type=exgra_mga"]) == "exgra_mga"
     with pytest.raises(ValueError, match="MGA_K"):
-        apply_mga_settings(config, environ={"MGA_K": "five"}, argv=[])
+        parse_settings({"MGA_K": "five"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,8 +81,9 @@ def test_template_emits_alignment_ids_only_in_training(mga_setup):
     assert encoded["merged_answer_ids"] == expected
     assert encoded["extended_answer_ids"][0] == tok.bos_token_id
     batch = template.data_collator([template.encode(r) for r in rows])
-    assert batch["mga_text_ids"].shape[0] == 2 * len(rows)
-    assert batch["mga_text_mask"][0].sum() == len(expected)
+    lengths = batch["mga_text_lengths"].tolist()  # packed: answers then extended answers, back to back
+    assert len(lengths) == 2 * len(rows) and lengths[0] == len(expected)
+    assert batch["mga_text_ids"].shape == (1, sum(lengths)) and "mga_text_mask" not in batch
     assert batch["mga_text_ids"][0, :len(expected)].tolist() == expected
     template.set_mode("transformers")
     assert "merged_answer_ids" not in template.encode(rows[0])
@@ -213,6 +214,7 @@ def _global_graph_worker(rank: int, port: int, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_global_graph_gathers_all_nodes_with_local_gradients(tmp_path):
     import socket
 
@@ -259,12 +261,21 @@ def demo_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mga_run(tiny_checkpoint, demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("mga_run")
+    # Settings through two channels: the environment (what a recipe's ENV: block sets) and --model_kwargs.
     _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
-          "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_steps", "3", "--output_dir", str(out)],
-         cwd=out)
+          "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_steps", "3", "--output_dir", str(out),
+          "--model_kwargs", json.dumps({"mga_lambda": 40})], cwd=out, env_extra={"MGA_K": "3"})
     return out
 
 
+@pytest.mark.slow
+def test_settings_of_both_channels_are_saved_with_the_checkpoint(mga_run):
+    config = json.loads((sorted(mga_run.glob("v*-*/checkpoint-3"))[-1] / "config.json").read_text())
+    assert (config["mga_k"], config["mga_lambda"], config["mga_enabled"]) == (3, 40.0, True)
+    assert config["mga_gumbel_scale"] == 0.05  # untouched knobs keep their defaults
+
+
+@pytest.mark.slow
 def test_three_step_mga_run_logs_both_terms(mga_run):
     logs = _logs(mga_run)
     assert len(logs) == 3
@@ -274,6 +285,7 @@ def test_three_step_mga_run_logs_both_terms(mga_run):
         assert row["loss"] == pytest.approx(row["lm_loss"] + row["align_loss"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_the_gnn_and_loads_it_bit_for_bit(registered, mga_run, monkeypatch):
     checkpoint = sorted(mga_run.glob("v*-*/checkpoint-3"))[-1]
     stored = load_file(str(checkpoint / "model.safetensors"))
@@ -286,6 +298,7 @@ def test_checkpoint_carries_the_gnn_and_loads_it_bit_for_bit(registered, mga_run
     assert all(torch.equal(state[k], stored[k]) for k in gnn_keys)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues(mga_run, tiny_checkpoint, demo_data, tmp_path):
     checkpoint = sorted(mga_run.glob("v*-*/checkpoint-3"))[-1]
     _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
@@ -294,8 +307,23 @@ def test_resume_from_checkpoint_continues(mga_run, tiny_checkpoint, demo_data, t
     logs = _logs(tmp_path / "resumed")
     assert [r["global_step/max_steps"] for r in logs] == ["4/4"]
     assert "align_loss" in logs[0]
+    # Neither MGA_K nor mga_lambda was given again: the resumed run used the checkpoint's saved settings.
+    resumed = json.loads((sorted((tmp_path / "resumed").glob("v*-*/checkpoint-4"))[-1] / "config.json").read_text())
+    assert (resumed["mga_k"], resumed["mga_lambda"]) == (3, 40.0)
 
 
+@pytest.mark.slow
+def test_resume_with_different_settings_is_refused(mga_run, tiny_checkpoint, demo_data, tmp_path):
+    checkpoint = sorted(mga_run.glob("v*-*/checkpoint-3"))[-1]
+    result = _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type",
+                   "exgra_mga", "--per_device_train_batch_size", "4", "--max_steps", "4",
+                   "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "r")], cwd=tmp_path,
+                  env_extra={"MGA_K": "4"}, check=False)
+    assert result.returncode != 0
+    assert "MGA_K=4 (saved: 3)" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_larger_batch(tiny_checkpoint, demo_data, tmp_path):
     common = ["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type",
               "exgra_mga", "--max_steps", "1", "--save_strategy", "no", "--dataset_shuffle", "false",
@@ -313,6 +341,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_checkpoint, demo_data
     assert one["loss"] - one["lm_loss"] == pytest.approx(one["align_loss"], abs=0.05)
 
 
+@pytest.mark.slow
 def test_alpha_zero_is_plain_training_without_the_module(tiny_checkpoint, demo_data, tmp_path):
     _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type", "exgra_mga",
           "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_steps", "1",
@@ -323,6 +352,7 @@ def test_alpha_zero_is_plain_training_without_the_module(tiny_checkpoint, demo_d
     assert not any(k.startswith("model.mga.") for k in stored)
 
 
+@pytest.mark.distributed
 def test_two_process_cpu_run(tiny_checkpoint, demo_data, tmp_path):
     result = _sft(["--model", str(tiny_checkpoint), "--dataset", str(demo_data.alignment_train), "--loss_type",
                    "exgra_mga", "--per_device_train_batch_size", "3", "--max_steps", "2", "--save_strategy", "no",
@@ -341,7 +371,8 @@ def test_lora_keeps_the_gnn_trainable_with_modules_to_save(registered, tiny_chec
     monkeypatch.setenv("MGA_ENABLED", "1")
     args = SftArguments(model=str(tiny_checkpoint), dataset=[str(DATA_TEMPLATES / "llava_med_instruct.json")],
                         check_model=False, torch_dtype="float32", output_dir="/tmp/exgramed-unused",
-                        tuner_type="lora", target_modules=["all-linear"], modules_to_save=["mga"])
+                        tuner_type="lora", target_modules=["all-linear"], modules_to_save=["mga"],
+                        per_device_train_batch_size=2)
     model, _ = args.get_model_processor()
     model = TunerMixin.prepare_model(args, model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

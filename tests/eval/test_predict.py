@@ -1,6 +1,14 @@
 """`exgramed predict` on the demo data with the tiny checkpoint, then `exgramed eval-vqa` on its output."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,3 +114,75 @@ def test_missing_image_names_file_row_and_field(demo, tmp_path):
         predict("unused", path, tmp_path / "a.jsonl", images=demo[0].root, engine=object(), show_progress=False)
     message = str(error.value)
     assert "q.json" in message and "test-0001" in message and "'image'" in message and "nope.png" in message
+
+
+class LineBreakingEngine:
+    """Answers every question with text holding the characters str.splitlines() breaks at."""
+
+    def infer(self, requests, config, use_tqdm=False):
+        return [SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(
+            content=f"answer {i}\u2028second line\u2029third\x85end"))]) for i, _ in enumerate(requests)]
+
+
+def test_answers_with_line_separators_stay_one_line_each(demo, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    # Issue 12: such an answer made "wrote 17 answers" for 16 questions, then resume and eval-vqa failed.
+    from exgramed_plugin.eval import eval_vqa, predict
+    data, questions, _ = demo
+    monkeypatch.setattr(predict, "load_engine", lambda *args, **kwargs: LineBreakingEngine())
+    out = tmp_path / "a.jsonl"
+    argv = ["--model", str(tiny_checkpoint), "--questions", str(questions), "--out", str(out), "--batch-size", "3"]
+    assert predict.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {QUESTIONS} answers to {out};")
+    text = out.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == QUESTIONS  # line-safe even for str.splitlines() readers
+    answers = [json.loads(line) for line in text.split("\n") if line]
+    assert [a["text"] for a in answers] == [f"answer {i % 3}\u2028second line\u2029third\x85end"
+                                            for i in range(QUESTIONS)]
+    monkeypatch.setattr(predict, "load_engine", lambda *args, **kwargs: pytest.fail("nothing is left to answer"))
+    assert predict.main(argv) == 0  # the resume reads every row back
+    assert out.read_text(encoding="utf-8") == text
+    assert eval_vqa.main(["--gt", str(questions), "--pred", str(out)]) == 0
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["counts"]["total"] == QUESTIONS
+
+
+def _default_sigint() -> None:
+    # A suite started in the background has SIGINT ignored; give the child a terminal's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_many_answers_are_saved_and_how_to_resume(demo, tiny_checkpoint, tmp_path):
+    data, _, _ = demo
+    out = tmp_path / "answers.jsonl"
+    limit = 12
+    args = ["predict", "--model", str(tiny_checkpoint), "--questions", str(data.vqa_test), "--out", str(out),
+            "--batch-size", "2", "--max-new-tokens", "24", "--limit", str(limit)]
+    exgramed = str(Path(sys.executable).parent / "exgramed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    child = subprocess.Popen([exgramed, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    deadline = time.monotonic() + 300
+    while not (out.is_file() and out.read_text().count("\n") >= 2):  # the first batch is on disk
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    saved = _rows(out)
+    assert 2 <= len(saved) < limit
+    command = f"exgramed {shlex.join(args)}"
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: {len(saved)} answers saved in {out}; resume with the same command (same --out): {command}")
+
+    resumed = subprocess.run([exgramed, *shlex.split(command)[1:]], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    answers = _rows(out)
+    assert [a["question_id"] for a in answers] == [f"test-{i:04d}" for i in range(limit)]  # none lost, none twice
+    by_id = {a["question_id"]: a for a in answers}
+    assert all(by_id[a["question_id"]] == a for a in saved)  # what was saved is kept, not re-answered

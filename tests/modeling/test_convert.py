@@ -149,3 +149,23 @@ def test_dci_checkpoint_refuses_llava_hf(registered, tower, tmp_path):
     src = write_original_checkpoint(tmp_path / "dci", str(tower), mm_hidden_size=48, gnn=False)
     with pytest.raises(ValueError, match="dense connector"):
         convert_to_llava_hf(src, tmp_path / "out")
+
+
+def test_convert_of_a_plugin_layout_checkpoint_says_it_is_converted(registered, plugin_dir, tmp_path, capsys):
+    from exgramed_plugin.cli import main
+    assert main(["convert", "--src", str(plugin_dir), "--dst", str(tmp_path / "again")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"{plugin_dir / 'config.json'}: model_type is 'exgra_med': {plugin_dir} is already in the plugin "
+                    "layout, nothing to convert; pass it to swift as --model (or convert it --to llava-hf)")
+
+
+def test_convert_names_a_truncated_bin_shard(registered, original, tower, tmp_path, capsys):
+    import shutil
+    from exgramed_plugin.cli import main
+    broken = tmp_path / "broken"
+    shutil.copytree(original, broken)
+    shard = sorted(broken.glob("pytorch_model*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert main(["convert", "--src", str(broken), "--dst", str(tmp_path / "out"), "--vision-tower", str(tower)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"{shard}: truncated or corrupt PyTorch weight file")

@@ -1,0 +1,221 @@
+"""The graph-matching problem: validated float64 inputs, assignment <-> matching, objective pieces.
+
+Problem (Lawler form, partial matchings allowed, an unassigned node costs 0)::
+
+    minimise_x   sum_ij c_ij x_ij  +  sum_{a=(i1->i2) in E_A} sum_{b=(j1->j2) in E_B} q_ab x_{i1 j1} x_{i2 j2}
+    s.t.         x in {0,1}^{n x m},  row sums <= 1,  column sums <= 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .tables import _gradients, _Tables
+
+_DTYPE = torch.float64
+_CPU = torch.device("cpu")
+
+
+@dataclass
+class GraphMatchingProblem:
+    """A batch of ``b`` equal-size problems in float64 on the CPU, plus cached lookup tables.
+
+    Assignments used by the solvers are ``[b, n]`` integer arrays holding the column matched to
+    each row, or ``-1`` for an unassigned row. Self loops are folded in (see
+    :func:`prepare_problem`), so ``quadratic`` has zero rows/columns for them.
+    """
+
+    unary: Tensor  # [b, n, m]
+    quadratic: Tensor  # [b, E1, E2]
+    src_a: Tensor  # [b, E1]
+    dst_a: Tensor  # [b, E1]
+    src_b: Tensor  # [b, E2]
+    dst_b: Tensor  # [b, E2]
+    loop_unary: Tensor | None = None  # self-loop pair costs folded into ``unary``
+    _cache: dict = field(default_factory=dict)  # shared by with_unary copies (same graphs and q)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        b, n, m = self.unary.shape
+        return b, n, m
+
+    def with_unary(self, unary: Tensor) -> "GraphMatchingProblem":
+        """Same graphs and quadratic costs, new unary costs; the lookup tables are shared."""
+        unary64 = unary.detach().to(device=_CPU, dtype=_DTYPE)
+        if unary64.shape != self.unary.shape:
+            raise ValueError(f"unary must have shape {tuple(self.unary.shape)}, got {tuple(unary64.shape)}")
+        if self.loop_unary is not None:
+            unary64 = unary64 + self.loop_unary
+        return replace(self, unary=unary64)
+
+    def take(self, index: np.ndarray) -> "GraphMatchingProblem":
+        """The problems at ``index`` (repeats allowed), e.g. the unsolved ones, or copies of each
+        for several independent searches in the same numpy calls; new lookup tables."""
+        rows = torch.from_numpy(np.asarray(index, dtype=np.int64))
+
+        def pick(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.index_select(0, rows)
+
+        return GraphMatchingProblem(
+            pick(self.unary), pick(self.quadratic), pick(self.src_a), pick(self.dst_a),
+            pick(self.src_b), pick(self.dst_b), pick(self.loop_unary),
+        )
+
+    def tables(self) -> _Tables:
+        """Flat numpy lookup tables for the solver loops, built once per graphs + quadratic costs."""
+        tables = self._cache.get("tables")
+        if tables is None:
+            tables = _Tables.build(self)
+            self._cache["tables"] = tables
+        return tables
+
+
+def _as_batched_edges(edges: Tensor, batch: int, name: str) -> Tensor:
+    if edges.dim() == 2:
+        edges = edges.unsqueeze(0).expand(batch, -1, -1)
+    if edges.dim() != 3 or edges.shape[0] != batch or edges.shape[1] != 2:
+        raise ValueError(f"{name} must have shape [b, 2, E] or [2, E], got {tuple(edges.shape)}")
+    return edges.to(device=_CPU, dtype=torch.long)
+
+
+def batched_inputs(unary: Tensor, quadratic: Tensor, edges_a: Tensor,
+                   edges_b: Tensor) -> tuple[bool, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Add the batch dimension to a single problem (``unary`` ``[n, m]``); says whether it did."""
+    unbatched = unary.dim() == 2
+    if unbatched:
+        unary, quadratic = unary.unsqueeze(0), quadratic.unsqueeze(0)
+        edges_a = edges_a if edges_a.dim() == 2 else edges_a.unsqueeze(0)
+        edges_b = edges_b if edges_b.dim() == 2 else edges_b.unsqueeze(0)
+    return unbatched, (unary, quadratic, edges_a, edges_b)
+
+
+def _float64_cpu(tensor: Tensor) -> Tensor:
+    """Detached float64 CPU version, converted by numpy where it can: torch's intra-op threads
+    make small conversions slow (and very slow on a busy CPU)."""
+    tensor = tensor.detach()
+    if tensor.device == _CPU and tensor.dtype in (torch.float16, torch.float32, torch.float64) and not tensor.is_neg():
+        return torch.from_numpy(tensor.numpy().astype(np.float64, copy=False))
+    return tensor.to(device=_CPU, dtype=_DTYPE)
+
+
+def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> GraphMatchingProblem:
+    """Validate and copy to float64 CPU (the inputs are never modified); fold self loops.
+
+    ``x_ij x_ij = x_ij``: a self loop paired with a self loop is a unary cost; a self loop
+    paired with a normal edge couples two entries of one row or column, which is 0 whenever
+    the matching is feasible, so those quadratic entries are dropped.
+    """
+    if unary.dim() != 3:
+        raise ValueError(f"unary must have shape [b, n, m], got {tuple(unary.shape)}")
+    b, n, m = unary.shape
+    edges_a = _as_batched_edges(edges_a, b, "edges_a")
+    edges_b = _as_batched_edges(edges_b, b, "edges_b")
+    e1, e2 = edges_a.shape[2], edges_b.shape[2]
+    if tuple(quadratic.shape) != (b, e1, e2):
+        raise ValueError(f"quadratic must have shape [b, E1, E2] = {(b, e1, e2)}, got {tuple(quadratic.shape)}")
+    a_nodes, b_nodes = edges_a.numpy(), edges_b.numpy()
+    if e1 and (a_nodes.min() < 0 or a_nodes.max() >= n):
+        raise ValueError("edges_a holds node indices outside [0, n)")
+    if e2 and (b_nodes.min() < 0 or b_nodes.max() >= m):
+        raise ValueError("edges_b holds node indices outside [0, m)")
+    unary64, quadratic64 = _float64_cpu(unary), _float64_cpu(quadratic)
+    if not np.isfinite(unary64.numpy()).all() or not np.isfinite(quadratic64.numpy()).all():
+        raise ValueError("graph matching costs contain NaN or infinity")
+    src_a, dst_a = edges_a[:, 0].contiguous(), edges_a[:, 1].contiguous()
+    src_b, dst_b = edges_b[:, 0].contiguous(), edges_b[:, 1].contiguous()
+
+    loop_unary = None
+    if (a_nodes[:, 0] == a_nodes[:, 1]).any() or (b_nodes[:, 0] == b_nodes[:, 1]).any():
+        loop_a, loop_b = src_a == dst_a, src_b == dst_b
+        both = loop_a[:, :, None] & loop_b[:, None, :]
+        flat = (src_a[:, :, None] * m + src_b[:, None, :]).expand(b, e1, e2)
+        loop_unary = torch.zeros(b, n * m, dtype=_DTYPE)
+        loop_unary.scatter_add_(1, flat.reshape(b, -1), (quadratic64 * both).reshape(b, -1))
+        loop_unary = loop_unary.view(b, n, m)
+        unary64 = unary64 + loop_unary
+        quadratic64 = quadratic64.masked_fill(loop_a[:, :, None] | loop_b[:, None, :], 0.0)
+    return GraphMatchingProblem(unary64, quadratic64, src_a, dst_a, src_b, dst_b, loop_unary)
+
+
+
+def _to_matrix(assignment: Tensor, m: int) -> Tensor:
+    return torch.nn.functional.one_hot(assignment + 1, m + 1)[..., 1:].to(_DTYPE)
+
+
+def _to_assignment(matching: Tensor) -> Tensor:
+    """0/1 matching ``[b, n, m]`` -> assignment ``[b, n]`` (``-1`` for an empty row)."""
+    value, column = matching.max(dim=-1)
+    return torch.where(value > 0.5, column, torch.full_like(column, -1))
+
+
+def _quadratic_gradients(problem: GraphMatchingProblem, assignment: Tensor) -> tuple[Tensor, Tensor]:
+    """``(G1, G2)`` ``[b, n, m]`` tensors (see :func:`_gradients`)."""
+    b, n, m = problem.shape
+    gradients = torch.from_numpy(_gradients(problem.tables(), assignment.numpy()).reshape(b, 2, n, m))
+    return gradients[:, 0], gradients[:, 1]
+
+
+def edge_pair_indicator(matching: Tensor, edges_a: Tensor, edges_b: Tensor) -> Tensor:
+    """``y_ab = x[i1, j1] * x[i2, j2]`` for each edge pair ``a = (i1 -> i2)``, ``b = (j1 -> j2)``.
+
+    ``matching`` ``[b, n, m]``; returns ``[b, E1, E2]`` in the dtype of ``matching``.
+    """
+    b, n, m = matching.shape
+    edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
+    edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b
+    flat = matching.reshape(b, n * m)
+    ends = []
+    for side in (0, 1):
+        index = edges_a[:, side, :, None] * m + edges_b[:, side, None, :]
+        ends.append(flat.gather(1, index.reshape(b, -1)).view(index.shape))
+    return ends[0] * ends[1]
+
+
+def _pair_indicator_difference(
+    problem: GraphMatchingProblem, first: Tensor, second: Tensor, scale: float = 1.0, dtype: type = np.float64
+) -> np.ndarray:
+    """``scale * (edge_pair_indicator(first) - edge_pair_indicator(second))`` ``[b, E1, E2]`` for 0/1 matchings.
+
+    ``y_ab = 1`` iff B edge ``b`` joins the partners of A edge ``a``'s ends, i.e. ``b`` has the
+    canonical id of that node pair: each A edge has at most one such B edge (unless B has
+    duplicate edges), so this writes ``b * E1`` entries instead of gathering ``[b, E1, E2]``
+    four times (the black-box backward pass calls it every step). ``scale * 1`` is rounded to
+    ``dtype`` once, as casting the float64 product would.
+    """
+    tables = problem.tables()
+    b, n, m = problem.shape
+    e1, e2 = problem.quadratic.shape[1:]
+    ids = []
+    for matching in (first, second):
+        x = matching.numpy()
+        if n and m:
+            assignment = np.where(x.max(axis=2) > 0.5, x.argmax(axis=2), -1)
+        else:
+            assignment = np.full((b, n), -1, dtype=np.int64)
+        matched = assignment.reshape(-1) % (m + 1)
+        j, l = np.take(matched, tables.src_a), np.take(matched, tables.dst_a)
+        ids.append(np.take(tables.pair_ids, j * (m + 1) + l + tables.pair_base[: j.size]))  # -1: no B edge
+    if tables.pair_values is not tables.quadratic:  # duplicate B edges: compare with every id
+        hits = [tables.canonical[:, None, :] == found.reshape(b, -1, 1) for found in ids]
+        return (np.subtract(hits[0], hits[1], dtype=np.float64) * scale).astype(dtype, copy=False)
+    result = np.zeros(b * e1 * e2, dtype=dtype)
+    value = np.asarray(scale, dtype=np.float64).astype(dtype)
+    rows = np.arange(b * e1) * e2
+    result[(rows + ids[0])[ids[0] >= 0]] = value
+    result[(rows + ids[1])[ids[1] >= 0]] -= value
+    return result.reshape(b, e1, e2)
+
+
+def matching_objective(matching: Tensor, unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> Tensor:
+    """Cost of (possibly fractional) matchings ``[b, n, m]``, by the dense formula; returns ``[b]``."""
+    matching = matching.to(quadratic.dtype)
+    pairs = edge_pair_indicator(matching, edges_a.to(matching.device), edges_b.to(matching.device))
+    return (unary * matching).sum(dim=(1, 2)) + (quadratic * pairs).sum(dim=(1, 2))
+
+
+def _unary_array(problem: GraphMatchingProblem) -> np.ndarray:
+    return np.ascontiguousarray(problem.unary.numpy())

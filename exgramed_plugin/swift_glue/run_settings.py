@@ -1,0 +1,135 @@
+"""The plugin's settings of a swift run, read once from swift's arguments, and the start-up checks.
+
+swift builds its arguments object, imports the plugin, then exports ``--model_kwargs`` as
+environment variables (``BaseArguments._init_model_kwargs``). Wrapping that one step gives the
+plugin every arguments object swift builds in this process (``sft``, ``infer``, ``export``,
+``deploy``, the web UI's runs), after the model kwargs are known and before any model, template or
+dataset is made: the one place where the settings are parsed and the run is checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from swift.arguments.base_args.base_args import BaseArguments
+
+from ..settings import LOSS_TYPE, MGASettings, PluginSettings, SettingsError, parse_settings, use_settings, \
+    with_saved_mga
+
+logger = logging.getLogger(__name__)
+_PATCH_MARK = "_exgramed_patched"
+_OUR_MODEL_TYPES = ("exgra_med",)
+
+
+def settings_from_swift_args(args: Any, environ: dict[str, str] | None = None) -> PluginSettings:
+    """Parse the settings of the run ``args`` describes; a resumed run takes its checkpoint's."""
+    model_kwargs = args.model_kwargs if isinstance(getattr(args, "model_kwargs", None), dict) else {}
+    settings = parse_settings(os.environ if environ is None else environ, model_kwargs,
+                              loss_type=getattr(args, "loss_type", None))
+    resume = getattr(args, "resume_from_checkpoint", None)
+    if resume and settings.mga.enabled:
+        saved = saved_mga_settings(resume)
+        if saved is not None:
+            settings = with_saved_mga(settings, saved, str(resume))
+    training = hasattr(args, "per_device_train_batch_size")
+    if not training and not settings.mga.enabled and any(adapter_saves_mga(a) for a in getattr(args, "adapters", [])):
+        # swift infer/export of a LoRA checkpoint trained with --modules_to_save mga: build the module so
+        # that its trained weights load, and a merged export (--merge_lora) keeps them.
+        settings = settings.replace(mga_enabled=True)
+    return settings
+
+
+def adapter_saves_mga(adapter_dir: str | os.PathLike) -> bool:
+    """Whether a LoRA checkpoint holds a trained graph network (``--modules_to_save mga``)."""
+    from ..data.jsonio import read_json
+    for config_path in (Path(adapter_dir) / "adapter_config.json", Path(adapter_dir) / "default" / "adapter_config.json"):
+        if config_path.is_file():
+            return "mga" in (read_json(config_path).get("modules_to_save") or [])
+    return False
+
+
+def saved_mga_settings(checkpoint_dir: str | os.PathLike) -> MGASettings | None:
+    """The MGA settings stored in a checkpoint's config.json (None when it stores none)."""
+    config_path = Path(checkpoint_dir) / "config.json"
+    if not config_path.is_file():
+        return None
+    from ..data.jsonio import read_json
+    config = read_json(config_path)
+    if not isinstance(config, dict) or "mga_alpha" not in config:
+        return None
+    return MGASettings.from_config(_Namespace(config))
+
+
+class _Namespace:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _local_model_type(model: Any) -> str | None:
+    """``model_type`` of a local checkpoint folder (``llava`` for the original layout), else None."""
+    if not isinstance(model, str) or not os.path.isdir(model):
+        return None
+    config_path = Path(model) / "config.json"
+    if not config_path.is_file():
+        return None
+    from ..data.jsonio import JsonFileError, read_json
+    try:
+        return read_json(config_path).get("model_type")
+    except JsonFileError:
+        return None  # the loader reports it, with its position
+
+
+def check_swift_run(args: Any, settings: PluginSettings) -> None:
+    """Start-up checks and adjustments of a swift run that uses the plugin.
+
+    * training with MGA on and no step able to hold a graph of >= 2 samples is refused;
+    * ``--strict`` is turned on for training: a row that fails to encode stops the run instead of
+      being replaced by a random row;
+    * ``--check_model`` is turned off for local exgra_med / LLaVA-Med checkpoints: it asks the
+      ModelScope hub about a local folder and waits on the network when there is none.
+    """
+    training = hasattr(args, "per_device_train_batch_size")
+    if training and settings.mga.active:
+        _check_graph_size(args, settings)
+    if training and hasattr(args, "strict") and not args.strict:
+        args.strict = True
+        logger.info("exgramed: --strict turned on (a row that fails to encode stops the run, naming itself, "
+                    "instead of being replaced by a random row)")
+    if getattr(args, "check_model", False) and _local_model_type(getattr(args, "model", None)) in (
+            *_OUR_MODEL_TYPES, "llava"):
+        args.check_model = False
+        logger.info("exgramed: --check_model turned off for the local checkpoint %s (it would query the hub)",
+                    args.model)
+
+
+def _check_graph_size(args: Any, settings: PluginSettings) -> None:
+    if getattr(args, "packing", False) or getattr(args, "padding_free", False):
+        return  # a packed row holds many samples: counted per step by the model
+    from swift.utils import get_dist_setting
+    world_size = max(1, get_dist_setting()[2])
+    per_device = int(args.per_device_train_batch_size or 1)
+    graph = per_device * (world_size if settings.mga.global_graph else 1)
+    if graph < 2:
+        hint = "" if settings.mga.global_graph else " or MGA_GLOBAL_GRAPH=1 with several processes"
+        raise SettingsError(
+            f"--loss_type {LOSS_TYPE}: a graph needs >= 2 samples per step, but --per_device_train_batch_size "
+            f"is {per_device} on {world_size} process(es){' (global graph)' if settings.mga.global_graph else ''}; "
+            f"raise --per_device_train_batch_size to >= 2{hint} (every step would have align_loss 0)")
+
+
+def capture_swift_arguments() -> None:
+    """Parse the settings and check the run for every swift arguments object (idempotent)."""
+    original = BaseArguments._init_model_kwargs
+    if getattr(original, _PATCH_MARK, False):
+        return
+
+    def _init_model_kwargs(self: BaseArguments) -> None:
+        original(self)
+        settings = use_settings(settings_from_swift_args(self))
+        check_swift_run(self, settings)
+
+    setattr(_init_model_kwargs, _PATCH_MARK, True)
+    BaseArguments._init_model_kwargs = _init_model_kwargs
