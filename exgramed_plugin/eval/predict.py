@@ -255,7 +255,8 @@ def engine_request(model: str, *, infer_backend: str = "transformers", model_typ
         kwargs = {**common, "adapters": list(adapters) or None, "max_batch_size": batch_size, "device_map": device_map}
         return EngineRequest(infer_backend, _ENGINE_CLASSES[infer_backend], str(model), kwargs)
     if EXGRA_MED in (model_type, _local_model_type(str(model))):
-        raise ValueError(f"{model}: model type {EXGRA_MED} is not a vLLM architecture; use --infer_backend transformers")
+        raise ValueError(f"{model}: model type {EXGRA_MED} is not a vLLM architecture; "
+                         "use --infer_backend transformers")
     if device_map is not None:
         raise ValueError("--device-map applies to --infer_backend transformers only (vLLM places the model itself; "
                          "use CUDA_VISIBLE_DEVICES)")
@@ -511,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="answers JSONL (appended to and resumed)")
     parser.add_argument("--prompt", choices=PROMPT_MODES, default="plain",
                         help="plain (default): the question as is (exgra_med: the original prompt); medevalkit: "
-                             "MedEvalKit's judgement / open-ended / close-ended instruction per question (needs --dataset)")
+                             "MedEvalKit's judgement / open-ended / close-ended instruction per question "
+                             "(needs --dataset)")
     parser.add_argument("--dataset", choices=MEDEVALKIT_DATASETS, default=None,
                         help="benchmark whose MedEvalKit rule picks the instruction (--prompt medevalkit)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("benchmark", help=f"one of {', '.join(BENCHMARKS)}")
     parser.add_argument("--checkpoint", required=True,
                         help="MERGE-Group checkpoint name (e.g. exgra-med-dci-vqa-rad), hub id or local folder")
-    parser.add_argument("--data-root", default=None, help="folder holding <VQA-RAD|SLAKE|PATH-VQA>/<split>_w_options_"
-                                                          "new.json (default: $EXGRAMED_DATA_ROOT, else ~/exgramed_data)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding <VQA-RAD|SLAKE|PATH-VQA>/<split>_w_options_new.json (default: "
+                             "$EXGRAMED_DATA_ROOT, else ~/exgramed_data)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="paper numbers exist for test only")
     parser.add_argument("--out", default=None, help="answers and scores folder (default: reproduce_<checkpoint>_"
                                                     "<benchmark>; rerunning resumes)")

@@ -1,4 +1,4 @@
-"""The tiny random ``qwen2_5_vl`` checkpoint: Qwen2.5-VL's token ids and chat format, loadable and answering via swift."""
+"""The tiny random ``qwen2_5_vl`` checkpoint: Qwen2.5-VL's token ids and chat format, loading and answering in swift."""
 
 import json
 
