@@ -157,7 +157,8 @@ def packed_text_nodes(decoder: nn.Module, text_ids: Tensor, text_lengths: Tensor
     sample = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths_t)
     first = torch.tensor(_exclusive_cumsum(lengths), device=device)
     offset = torch.arange(flat.numel(), device=device) - first[sample]  # position inside the sample
-    states = decoder.embed_tokens(flat)
+    # [1, T] like every other call of the embedding: hooks on it (NEFTune) expect a batch dimension.
+    states = decoder.embed_tokens(flat[None])[0]
     if after_de:
         states = _run_packed(decoder, states, sample, offset, lengths)
     sums = states.new_zeros(len(lengths), states.shape[-1]).index_add(0, sample, states)

@@ -208,3 +208,22 @@ def test_padded_pooling_uses_the_padded_pass_and_says_so_once(registered, tiny_c
     packed_ids, lengths = pack_padded(ids, mask)
     with pytest.raises(ValueError, match="mga_pooling='padded'"):
         model.text_nodes(packed_ids, text_lengths=lengths)
+
+
+def test_embedding_hooks_see_a_batch_dimension(tiny_checkpoint):
+    """NEFTune (swift's web UI always passes --neftune_noise_alpha) hooks the embedding and reads
+    output.size(2): the packed pass must call it with [1, T], as every other call does."""
+    from exgramed_plugin.modeling.configuration import ExGraMedConfig
+    from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
+    from exgramed_plugin.modeling.text_packing import packed_text_nodes
+    config = ExGraMedConfig.from_pretrained(tiny_checkpoint)
+    model = ExGraMedForCausalLM.from_pretrained(tiny_checkpoint, config=config).eval()
+    shapes = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda module, args, output: shapes.append(output.shape))
+    try:
+        ids = torch.arange(5, 12, dtype=torch.long)[None]
+        nodes = packed_text_nodes(model.model, ids, torch.tensor([3, 4]), after_de=True)
+    finally:
+        handle.remove()
+    assert nodes.shape == (2, config.hidden_size)
+    assert shapes and all(len(shape) == 3 for shape in shapes)
