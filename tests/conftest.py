@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_TEMPLATES = REPO_ROOT / "data_templates"
+DEMO_QUESTIONS = 8  # questions of the `demo` fixture (the first of the demo test split)
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +47,15 @@ def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
     """A tiny random swift ``qwen2_5_vl`` checkpoint (load with model_type/template ``qwen2_5_vl``)."""
     from exgramed_plugin.data.tiny_models import make_tiny_qwen2_5_vl
     return make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen") / "tiny-qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Demo data and a question file with its first DEMO_QUESTIONS test questions: (data, path, rows)."""
+    import json
+    from exgramed_plugin.data.demo_data import make_demo_data
+    data = make_demo_data(tmp_path_factory.mktemp("demo"), image_size=56)
+    rows = json.loads(data.vqa_test.read_text())[:DEMO_QUESTIONS]
+    questions = data.root / "q8.json"
+    questions.write_text(json.dumps(rows))
+    return data, questions, rows

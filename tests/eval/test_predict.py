@@ -13,19 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-QUESTIONS = 8
+from conftest import DEMO_QUESTIONS as QUESTIONS
 MAX_NEW_TOKENS = 4
 SHORTUUID_ALPHABET = set("23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from exgramed_plugin.data.demo_data import make_demo_data
-    data = make_demo_data(tmp_path_factory.mktemp("demo"), image_size=56)
-    rows = json.loads(data.vqa_test.read_text())[:QUESTIONS]
-    questions = data.root / "q8.json"
-    questions.write_text(json.dumps(rows))
-    return data, questions, rows
 
 
 @pytest.fixture(scope="module")

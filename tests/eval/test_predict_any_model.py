@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-QUESTIONS = 8
+from conftest import DEMO_QUESTIONS as QUESTIONS
 MAX_NEW_TOKENS = 4
 QWEN = ["--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl"]
 FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
@@ -17,16 +17,6 @@ FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 JUDGEMENT = "\nPlease output 'yes' or 'no'(no extra output)."
 OPEN_ENDED = "\nPlease answer the question concisely."
 CLOSE_ENDED = "\nAnswer the question using a single word or phrase."
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from exgramed_plugin.data.demo_data import make_demo_data
-    data = make_demo_data(tmp_path_factory.mktemp("demo"), image_size=56)
-    rows = json.loads(data.vqa_test.read_text())[:QUESTIONS]
-    questions = data.root / "q8.json"
-    questions.write_text(json.dumps(rows))
-    return data, questions, rows
 
 
 @pytest.fixture(scope="module")
