@@ -202,15 +202,19 @@ def _close(name: str, known: Sequence[str]) -> str:
     return f"close ones: {', '.join(matches)}; " if matches else ""
 
 
+def _check_known(name: str, mapping, flag: str, what: str, how_to_list: str) -> None:
+    if name not in mapping:
+        raise ValueError(f"unknown {what} {name!r} ({flag}): swift has {len(mapping)} {what}s, "
+                         f"{_close(name, mapping)}{how_to_list}")
+
+
 def check_model_type(model_type: str | None) -> None:
     """Refuse a model type swift does not know, before any loading (swift's own error lists ~600 names)."""
     if model_type is None:
         return
     import exgramed_plugin.register  # noqa: F401  (exgra_med is one of them)
     from swift.model import MODEL_MAPPING
-    if model_type not in MODEL_MAPPING:
-        raise ValueError(f"unknown model type {model_type!r} (--model_type): swift has {len(MODEL_MAPPING)} model "
-                         f"types, {_close(model_type, MODEL_MAPPING)}{_HOW_TO_LIST_MODEL_TYPES}")
+    _check_known(model_type, MODEL_MAPPING, "--model_type", "model type", _HOW_TO_LIST_MODEL_TYPES)
 
 
 def check_template(template: str | None) -> None:
@@ -219,19 +223,7 @@ def check_template(template: str | None) -> None:
         return
     import exgramed_plugin.register  # noqa: F401
     from swift.template import TEMPLATE_MAPPING
-    if template not in TEMPLATE_MAPPING:
-        raise ValueError(f"unknown template {template!r} (--template): swift has {len(TEMPLATE_MAPPING)} templates, "
-                         f"{_close(template, TEMPLATE_MAPPING)}{_HOW_TO_LIST_TEMPLATES}")
-
-
-def _local_model_type(model: str) -> str | None:
-    config = Path(model).expanduser() / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, json.JSONDecodeError):
-        return None  # swift reports a broken config when it loads it
+    _check_known(template, TEMPLATE_MAPPING, "--template", "template", _HOW_TO_LIST_TEMPLATES)
 
 
 def engine_request(model: str, *, infer_backend: str = "transformers", model_type: str | None = None,
@@ -254,7 +246,8 @@ def engine_request(model: str, *, infer_backend: str = "transformers", model_typ
     if infer_backend == "transformers":
         kwargs = {**common, "adapters": list(adapters) or None, "max_batch_size": batch_size, "device_map": device_map}
         return EngineRequest(infer_backend, _ENGINE_CLASSES[infer_backend], str(model), kwargs)
-    if EXGRA_MED in (model_type, _local_model_type(str(model))):
+    from exgramed_plugin.modeling.weight_files import checkpoint_model_type  # torch: only for vLLM requests
+    if EXGRA_MED in (model_type, checkpoint_model_type(str(model))):
         raise ValueError(f"{model}: model type {EXGRA_MED} is not a vLLM architecture; "
                          "use --infer_backend transformers")
     if device_map is not None:

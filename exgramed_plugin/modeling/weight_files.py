@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data.jsonio import read_json
+from ..data.jsonio import JsonFileError, read_json
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -135,3 +135,19 @@ def weight_names(model_dir: str | os.PathLike) -> set[str]:
         else:
             names.update(torch.load(path, map_location="meta", weights_only=True).keys())
     return names
+
+
+def checkpoint_model_type(model: str | os.PathLike | None) -> str | None:
+    """``model_type`` in a local checkpoint folder's config.json (``llava`` for the original layout);
+    None for a hub id, a folder without config.json, or a broken one (its loader reports that, with
+    the position)."""
+    if model is None:
+        return None
+    config_path = Path(model).expanduser() / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        value = read_json(config_path)
+    except JsonFileError:
+        return None
+    return value.get("model_type") if isinstance(value, dict) else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from swift.model import Model, ModelGroup, ModelLoader, ModelMeta, register_mode
 from swift.model.model_arch import MultiModelKeys, register_model_arch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from ..data.jsonio import read_json
 from ..modeling.checkpoint import OriginalCheckpoint, is_original_checkpoint
 from ..modeling.configuration import ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
@@ -56,7 +56,7 @@ class ExGraMedLoader(ModelLoader):
                 num_l=loader.num_l, legacy_tokenization=settings.template.legacy_tokenization)
             apply_mga_to_config(self._original.config, settings)  # stage-2 GNN weights load into model.mga when on
             return self._original.config
-        model_type = json.loads(config_path.read_text()).get("model_type")
+        model_type = read_json(config_path).get("model_type")
         if model_type != MODEL_TYPE:
             raise ValueError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r} or an original "
                              "LLaVA-Med checkpoint (model_type 'llava', architectures ['LlavaLlamaForCausalLM'], mm_* "

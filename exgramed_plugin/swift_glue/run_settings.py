@@ -16,6 +16,7 @@ from typing import Any
 
 from swift.arguments.base_args.base_args import BaseArguments
 
+from ..modeling.weight_files import checkpoint_model_type
 from ..settings import LOSS_TYPE, MGASettings, PluginSettings, SettingsError, parse_settings, use_settings, \
     with_saved_mga
 
@@ -68,18 +69,9 @@ class _Namespace:
         self.__dict__.update(values)
 
 
-def _local_model_type(model: Any) -> str | None:
-    """``model_type`` of a local checkpoint folder (``llava`` for the original layout), else None."""
-    if not isinstance(model, str) or not os.path.isdir(model):
-        return None
-    config_path = Path(model) / "config.json"
-    if not config_path.is_file():
-        return None
-    from ..data.jsonio import JsonFileError, read_json
-    try:
-        return read_json(config_path).get("model_type")
-    except JsonFileError:
-        return None  # the loader reports it, with its position
+def _local_folder(args: Any) -> str | None:
+    model = getattr(args, "model", None)
+    return model if isinstance(model, str) and os.path.isdir(model) else None
 
 
 def check_swift_run(args: Any, settings: PluginSettings) -> None:
@@ -98,7 +90,7 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
         args.strict = True
         logger.info("exgramed: --strict turned on (a row that fails to encode stops the run, naming itself, "
                     "instead of being replaced by a random row)")
-    if getattr(args, "check_model", False) and _local_model_type(getattr(args, "model", None)) in (
+    if getattr(args, "check_model", False) and checkpoint_model_type(_local_folder(args)) in (
             *_OUR_MODEL_TYPES, "llava"):
         args.check_model = False
         logger.info("exgramed: --check_model turned off for the local checkpoint %s (it would query the hub)",
