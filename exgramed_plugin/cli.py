@@ -15,7 +15,7 @@ _EXGRA_MED_TINY_OPTIONS = ("dense_connector", "image_size", "patch_size", "hidde
 
 def _make_tiny(args: argparse.Namespace) -> int:
     if args.model_type != "exgra_med":
-        from .data.tiny_models import make_tiny_model
+        from .data.tiny_models import TINY_MODEL_TEMPLATES, make_tiny_model
         given = [f"--{name.replace('_', '-')}" for name in _EXGRA_MED_TINY_OPTIONS
                  if getattr(args, name) != args.defaults[name]]
         if given:
@@ -24,7 +24,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
             return 2
         out = make_tiny_model(args.model_type, args.out, seed=args.seed)
         print(f"tiny {args.model_type} checkpoint written to {out} (load it with --model_type {args.model_type} "
-              f"--template {args.model_type})")
+              f"--template {TINY_MODEL_TEMPLATES[args.model_type]})")
         return 0
     from .data.tiny import make_tiny_checkpoint
     out = make_tiny_checkpoint(args.out, dense_connector=args.dense_connector, image_size=args.image_size,
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exgramed", description="ExGra-Med tools for ms-swift")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("make-tiny", help="write a tiny random exgra_med (or qwen2_5_vl) checkpoint (offline)")
+    tiny = sub.add_parser("make-tiny", help="write a tiny random exgra_med (or qwen2_5_vl, qwen3_vl, internvl, "
+                          "llava1_5_hf, gemma3_vision) checkpoint (offline)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--model-type", "--model_type", dest="model_type", choices=("exgra_med", *TINY_MODEL_TYPES),
                       default="exgra_med", help="exgra_med (default) or a swift model type (data/tiny_models.py)")

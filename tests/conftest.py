@@ -49,6 +49,34 @@ def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
     return make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen") / "tiny-qwen2_5_vl")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tmp_path_factory) -> Path:
+    """A tiny random swift ``qwen3_vl`` checkpoint (model type and template ``qwen3_vl``)."""
+    from exgramed_plugin.data.tiny_models import make_tiny_qwen3_vl
+    return make_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3") / "tiny-qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl(tmp_path_factory) -> Path:
+    """A tiny random swift ``internvl`` (InternVL3-hf layout) checkpoint (template ``internvl_hf``)."""
+    from exgramed_plugin.data.tiny_models import make_tiny_internvl
+    return make_tiny_internvl(tmp_path_factory.mktemp("tiny-internvl") / "tiny-internvl")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava1_5_hf(tmp_path_factory) -> Path:
+    """A tiny random swift ``llava1_5_hf`` checkpoint (model type and template ``llava1_5_hf``)."""
+    from exgramed_plugin.data.tiny_models import make_tiny_llava1_5_hf
+    return make_tiny_llava1_5_hf(tmp_path_factory.mktemp("tiny-llava") / "tiny-llava1_5_hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_vision(tmp_path_factory) -> Path:
+    """A tiny random swift ``gemma3_vision`` checkpoint (model type and template ``gemma3_vision``)."""
+    from exgramed_plugin.data.tiny_models import make_tiny_gemma3_vision
+    return make_tiny_gemma3_vision(tmp_path_factory.mktemp("tiny-gemma3") / "tiny-gemma3_vision")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Demo data and a question file with its first DEMO_QUESTIONS test questions: (data, path, rows)."""

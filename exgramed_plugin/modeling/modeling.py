@@ -8,54 +8,29 @@ without renaming. Unlike the original, the vision tower is a registered submodul
 
 from __future__ import annotations
 
-import atexit
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch import distributed as dist
 from transformers import GenerationMixin, LlamaModel, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
-from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
+from ..alignment import MultiGraphAlignmentOutput
+from ..alignment.contrastive import ContrastiveAlignment
+from ..head.head import AlignmentHead, alignment_terms, any_rank, build_alignment_network, gather_with_local_grad, \
+    image_nodes
+from ..settings import POOLINGS, MGASettings
 from .configuration import ExGraMedConfig, projector_depth
 from .biomedclip import OpenClipVisionTower, biomed_dense_features
 from .dense_connector import select_vision_features
-from .text_packing import pack_padded, packed_text_nodes
 from .vision import build_vision_tower
 
 logger = logging.getLogger(__name__)
-MGA_POOLINGS = ("masked", "padded")
-
-
-_EXIT_HOOK: list[bool] = []
-
-
-def _destroy_process_group_at_exit() -> None:
-    """Destroy the default process group before interpreter finalization (registered once).
-
-    swift leaves the group alive at the end of training. Gloo worker threads may then still hold
-    the tensors of the last collectives when Python tears down, and freeing them without an
-    interpreter aborts the process ("terminate called without an active exception"), after the
-    run has finished and saved.
-    """
-    if _EXIT_HOOK:
-        return
-    _EXIT_HOOK.append(True)
-
-    def _destroy() -> None:
-        if dist.is_available() and dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception as error:  # exiting anyway: never turn a finished run into a failure
-                logger.debug("destroy_process_group at exit: %s", error)
-
-    atexit.register(_destroy)
+MGA_POOLINGS = POOLINGS
 
 
 def build_vision_projector(config: ExGraMedConfig) -> nn.Module:
@@ -118,19 +93,7 @@ class ExGraMedModel(ExGraMedPreTrainedModel, LlamaModel):
         self.vision_tower = build_vision_tower(config)
         self.mm_projector = build_vision_projector(config)
         if config.mga_enabled:
-            if config.mga_pooling not in MGA_POOLINGS:
-                raise ValueError(f"mga_pooling must be one of {MGA_POOLINGS}, got {config.mga_pooling!r}")
-            if config.mga_objective in CONTRASTIVE_OBJECTIVES:  # the paper's pairwise baselines, same nodes
-                self.mga = ContrastiveAlignment(objective=config.mga_objective)
-            elif config.mga_objective != "mga":
-                raise ValueError(f"mga_objective must be 'mga' or one of {CONTRASTIVE_OBJECTIVES}, "
-                                 f"got {config.mga_objective!r}")
-            else:
-                self.mga = MultiGraphAlignment(
-                    in_features=config.hidden_size, hidden_features=config.mga_hidden_features, k=config.mga_k,
-                    lambda_val=config.mga_lambda, gumbel_scale=config.mga_gumbel_scale, solver=config.mga_solver,
-                    message_flow=config.mga_message_flow, fidelity=config.mga_fidelity,
-                    use_message_passing=config.mga_use_message_passing, seed=config.mga_seed)
+            self.mga = build_alignment_network(MGASettings.from_config(config), config.hidden_size)
         self.post_init()
 
     def get_image_features(self, pixel_values: Tensor) -> Tensor:
@@ -180,6 +143,8 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         self.model = ExGraMedModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # the architecture-independent MGA orchestration (head/head.py); the graph network is model.mga
+        self.alignment_head = AlignmentHead(self.config) if config.mga_enabled else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -209,89 +174,58 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------------------------------
     # Multi-graph alignment (method-spec §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
-    # FSDP see every parameter it uses.
+    # FSDP see every parameter it uses. The orchestration is the model-independent head; what is
+    # exgra_med's own is where its image nodes come from (the projector outputs).
+
+    @property
+    def mga_loss_scale(self):
+        return self.alignment_head.loss_scale if self.alignment_head is not None else None
+
+    @mga_loss_scale.setter
+    def mga_loss_scale(self, value) -> None:
+        self.alignment_head.loss_scale = value
+
+    @property
+    def _mga_calls(self) -> int:
+        return self.alignment_head.calls
+
+    @_mga_calls.setter
+    def _mga_calls(self, value: int) -> None:
+        self.alignment_head.calls = value
+
+    @property
+    def _warned_small_batch(self) -> bool:
+        return self.alignment_head.warned_small_batch
+
+    @_warned_small_batch.setter
+    def _warned_small_batch(self, value: bool) -> None:
+        self.alignment_head.warned_small_batch = value
+
+    _gather_with_local_grad = staticmethod(gather_with_local_grad)
 
     def image_nodes(self, input_ids: Tensor, image_features: Tensor | None) -> Tensor:
         """Per-sample mean of the projector outputs over its image tokens ``[B, hidden]``.
 
-        A sample without an image gets the node of an all-zero image, as the original did.
+        A sample without an image gets the node of an all-zero image, as the original did; with
+        several processes every rank computes it when any rank needs it (ZeRO-3 gathers the
+        tower's weights in every call, so all ranks must make the same calls).
         """
-        batch = input_ids.shape[0]
         tokens = self.config.num_image_tokens
-        images_per_sample = (input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens
-        if image_features is None or bool((images_per_sample == 0).any()):
-            zero_image = torch.zeros(1, 3, self.config.vision_config.image_size, self.config.vision_config.image_size,
-                                     device=input_ids.device)
+        images_per_sample = ((input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens).tolist()
+        zero_node = None
+        if any_rank(image_features is None or 0 in images_per_sample, input_ids.device):
+            size = self.config.vision_config.image_size
+            zero_image = torch.zeros(1, 3, size, size, device=input_ids.device)
             zero_node = self.model.get_image_features(zero_image).mean(dim=1)[0]
-        nodes = []
-        per_image = image_features.mean(dim=1) if image_features is not None else None
-        start = 0
-        for index in range(batch):
-            count = int(images_per_sample[index])
-            if count == 0:
-                nodes.append(zero_node)
-            else:
-                nodes.append(per_image[start:start + count].mean(dim=0))
-                start += count
-        return torch.stack(nodes)
+        if image_features is None:
+            return zero_node[None].expand(input_ids.shape[0], -1)
+        states = image_features.reshape(-1, image_features.shape[-1])
+        return image_nodes(states, [tokens] * image_features.shape[0], images_per_sample, zero_node)
 
     def text_nodes(self, text_ids: Tensor, text_mask: Tensor | None = None,
                    text_lengths: Tensor | None = None) -> Tensor:
-        """Pooled LLM states (after the final norm) of the merged answers ``[N, hidden]``.
-
-        Packed (``text_lengths``: ``text_ids`` ``[1, T]`` back to back) or padded (``text_mask``,
-        ``[N, L]``, packed here unless ``mga_text_packing`` is false): the masked mean is the same.
-        ``mga_after_de`` false pools the raw token embeddings instead; ``mga_pooling`` ``padded``
-        averages over padding too, as the original did, so it needs the padded batch.
-        """
-        if self.config.mga_pooling == "padded" or not self.config.mga_text_packing:
-            if text_mask is None:
-                raise ValueError(
-                    f"mga_pooling={self.config.mga_pooling!r}, mga_text_packing={self.config.mga_text_packing}: the "
-                    "padded text pass needs the padded [2B, L] batch (mga_text_mask), got a packed one "
-                    "(mga_text_lengths); the exgra_med template emits the padded batch for these settings")
-            if self.config.mga_pooling == "padded" and not getattr(self, "_logged_padded_text_pass", False):
-                logger.info("alignment text passes run padded [2B, L] (not packed) because mga_pooling=padded: "
-                            "the original's mean over padding depends on the padded length")
-                self._logged_padded_text_pass = True
-            return self._padded_text_nodes(text_ids, text_mask)
-        if text_lengths is None:
-            text_ids, text_lengths = pack_padded(text_ids, text_mask)
-        return packed_text_nodes(self.model, text_ids, text_lengths, after_de=self.config.mga_after_de)
-
-    def _padded_text_nodes(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        """The original layout: one padded ``[N, L]`` pass, masked (or, ``padded``, plain) mean."""
-        embeds = self.model.embed_tokens(text_ids)
-        if self.config.mga_after_de:
-            hidden = self.model(inputs_embeds=embeds, attention_mask=text_mask, use_cache=False).last_hidden_state
-        else:
-            hidden = embeds
-        if self.config.mga_pooling == "padded":
-            return hidden.mean(dim=1)
-        mask = text_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-
-    def _noise_generator(self, global_graph: bool) -> torch.Generator:
-        """Seeded per step (and per rank for per-device graphs), never the global RNG."""
-        self._mga_calls = getattr(self, "_mga_calls", 0) + 1
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() and not global_graph else 0
-        seed = (self.config.mga_seed * 1_000_003 + self._mga_calls * 7919 + rank) % (2 ** 63)
-        return torch.Generator().manual_seed(seed)
-
-    @staticmethod
-    def _gather_with_local_grad(nodes: Tensor) -> Tensor:
-        """All nodes of all processes; only the local slice keeps its gradient."""
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sizes = [torch.zeros(1, dtype=torch.long, device=nodes.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([nodes.shape[0]], device=nodes.device))
-        largest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(largest, nodes.shape[1], dtype=nodes.dtype, device=nodes.device)
-        padded[:nodes.shape[0]] = nodes.detach()
-        gathered = [torch.zeros_like(padded) for _ in range(world)]
-        dist.all_gather(gathered, padded)
-        parts = [g[:int(s.item())] for g, s in zip(gathered, sizes)]
-        parts[rank] = nodes
-        return torch.cat(parts)
+        """Pooled LLM states (after the final norm) of the merged answers ``[N, hidden]`` (head/head.py)."""
+        return self.alignment_head.text_nodes(self.model, text_ids, text_mask, text_lengths)
 
     def multi_graph_alignment(self, input_ids: Tensor, image_features: Tensor | None, text_ids: Tensor,
                               text_mask: Tensor | None, text_lengths: Tensor | None = None
@@ -304,20 +238,7 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
                              "(answers then extended answers)")
         z_image = self.image_nodes(input_ids, image_features)
         text = self.text_nodes(text_ids, text_mask, text_lengths)
-        nodes = [z_image, text[:batch], text[batch:]]
-        global_graph = bool(self.config.mga_global_graph) and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1
-        if global_graph:
-            # One gather for the three node sets (2 collectives per step instead of 6).
-            gathered = self._gather_with_local_grad(torch.cat(nodes, dim=1))
-            nodes = [part.to(z.dtype) for part, z in zip(gathered.split([z.shape[1] for z in nodes], dim=1), nodes)]
-            _destroy_process_group_at_exit()
-        output = self.model.mga(*nodes, generator=self._noise_generator(global_graph),
-                                loss_scale=getattr(self, "mga_loss_scale", None))
-        if output.skipped_reason and not getattr(self, "_warned_small_batch", False):
-            logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
-            self._warned_small_batch = True
-        return output
+        return self.alignment_head.align(self.model.mga, z_image, text[:batch], text[batch:])
 
     def forward(
         self,
@@ -358,10 +279,7 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         if mga_text_ids is not None and self.training and hasattr(self.model, "mga"):
             alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask,
                                                    mga_text_lengths)
-            align_loss = alignment.loss
-            align_terms = {f"hamming_{name}": value for name, value in alignment.hamming.items()}
-            align_terms["matching_accuracy"] = alignment.matching_accuracy
-            align_terms["mga_graph_nodes"] = torch.tensor(float(alignment.num_nodes))
+            align_loss, align_terms = alignment.loss, alignment_terms(alignment)
         return ExGraMedCausalLMOutput(
             loss=loss,
             logits=logits,

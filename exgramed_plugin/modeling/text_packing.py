@@ -142,11 +142,15 @@ def pack_padded(text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
     return text_ids[text_mask.bool()].unsqueeze(0), lengths
 
 
-def packed_text_nodes(decoder: nn.Module, text_ids: Tensor, text_lengths: Tensor, *, after_de: bool) -> Tensor:
+def packed_text_nodes(decoder: nn.Module, text_ids: Tensor, text_lengths: Tensor, *, after_de: bool,
+                      position_rows: int = 0) -> Tensor:
     """Per-sample mean states ``[N, hidden]`` of sequences packed back to back in ``text_ids``.
 
-    ``decoder`` is the LLaMA decoder (``embed_tokens`` + ``forward(inputs_embeds, position_ids)``);
-    ``after_de`` false pools the token embeddings without running it.
+    ``decoder`` is a language model (``embed_tokens`` + ``forward(inputs_embeds, position_ids)``,
+    e.g. LLaMA, or a VLM's ``language_model``); ``after_de`` false pools the token embeddings
+    without running it. ``position_rows`` 0: 2-D position ids. M-RoPE decoders (Qwen2/2.5/3-VL
+    text models) take ``[4, rows, width]``: the text positions (from which they build the
+    block-diagonal mask) then the temporal/height/width positions, all equal for text tokens.
     """
     lengths = [int(n) for n in text_lengths.tolist()]
     flat = text_ids.reshape(-1)
@@ -160,12 +164,13 @@ def packed_text_nodes(decoder: nn.Module, text_ids: Tensor, text_lengths: Tensor
     # [1, T] like every other call of the embedding: hooks on it (NEFTune) expect a batch dimension.
     states = decoder.embed_tokens(flat[None])[0]
     if after_de:
-        states = _run_packed(decoder, states, sample, offset, lengths)
+        states = _run_packed(decoder, states, sample, offset, lengths, position_rows)
     sums = states.new_zeros(len(lengths), states.shape[-1]).index_add(0, sample, states)
     return sums / lengths_t.clamp_min(1).to(states.dtype)[:, None]
 
 
-def _run_packed(decoder: nn.Module, embeds: Tensor, sample: Tensor, offset: Tensor, lengths: list[int]) -> Tensor:
+def _run_packed(decoder: nn.Module, embeds: Tensor, sample: Tensor, offset: Tensor, lengths: list[int],
+                position_rows: int) -> Tensor:
     """Final-norm states ``[T, hidden]`` of the packed tokens, attention kept inside each sample."""
     flash = is_flash_attention_requested(decoder.config)
     layout = text_layout(lengths, decoder.config)
@@ -183,7 +188,10 @@ def _run_packed(decoder: nn.Module, embeds: Tensor, sample: Tensor, offset: Tens
         cu_seqlens = torch.tensor([0, *_exclusive_cumsum(real)[1:], total], dtype=torch.int32, device=embeds.device)
         kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max(real),
                       max_length_k=max(real))
-    out = decoder(inputs_embeds=grid.view(layout.rows, layout.width, hidden),
-                  position_ids=positions.view(layout.rows, layout.width), use_cache=False, **kwargs)
+    positions = positions.view(layout.rows, layout.width)
+    if position_rows:
+        positions = positions[None].expand(position_rows, -1, -1)
+    out = decoder(inputs_embeds=grid.view(layout.rows, layout.width, hidden), position_ids=positions,
+                  use_cache=False, **kwargs)
     states = out.last_hidden_state.reshape(-1, hidden)
     return states if destination is None else states.index_select(0, destination)

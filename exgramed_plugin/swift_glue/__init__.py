@@ -1,7 +1,9 @@
-"""Thin swift glue: model type, template, datasets, the exgra_mga loss and the exgra_vqa metric."""
+"""Thin swift glue: model type, template, datasets, the exgra_mga loss, the exgra_vqa metric, and the
+alignment head on swift's built-in VLMs."""
 
 import logging
 
+from .builtin_models import register_builtin_alignment
 from .datasets import register_exgra_med_datasets
 from .hub_datasets import register_hub_benchmarks
 from .loss import register_exgra_mga_loss
@@ -34,3 +36,4 @@ def register_all() -> None:
     register_hub_benchmarks()
     register_exgra_mga_loss()
     register_exgra_vqa_metric()
+    register_builtin_alignment()

@@ -15,18 +15,25 @@ import logging
 import torch
 from swift.loss import BaseLoss, loss_map
 
-from ..modeling.modeling import ExGraMedForCausalLM
+from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, unsupported_model_type_error
 from ..settings import LOSS_TYPE
 from .training_guard import SkippedAlignmentReport, check_finite
 
 logger = logging.getLogger(__name__)
 
 
-def _exgra_med_model(model) -> ExGraMedForCausalLM | None:
+def _model_with_head(model):
+    """The (unwrapped) model that carries the alignment head: exgra_med, or a built-in one (head/builtin.py)."""
     for module in model.modules():
-        if isinstance(module, ExGraMedForCausalLM):
+        if getattr(module, HEAD_ATTRIBUTE, None) is not None:
             return module
     return None
+
+
+def _graph_network(model):
+    """``model.mga`` (exgra_med) or ``mga`` (built-in models)."""
+    inner = getattr(model, "model", None)
+    return getattr(inner, NETWORK_NAME, None) if hasattr(inner, NETWORK_NAME) else getattr(model, NETWORK_NAME, None)
 
 
 class ExGraMedAlignmentLoss(BaseLoss):
@@ -34,18 +41,20 @@ class ExGraMedAlignmentLoss(BaseLoss):
 
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
-        self.model: ExGraMedForCausalLM | None = None  # found on the first call: the trainer sets .model later
+        self.model = None  # found on the first call: the trainer sets .model later
         self.skipped_report = SkippedAlignmentReport()
 
-    def _setup(self) -> ExGraMedForCausalLM:
+    def _setup(self):
         if self.model is None:
-            self.model = _exgra_med_model(self.trainer.model)
+            self.model = _model_with_head(self.trainer.model)
             if self.model is None:
-                raise ValueError(f"--loss_type {LOSS_TYPE} needs an exgra_med model")
-            self.alpha = float(self.model.config.mga_alpha)
-            self.global_graph = bool(self.model.config.mga_global_graph)
-            self.model.mga_loss_scale = self._amp_loss_scale
-            mga = getattr(self.model.model, "mga", None)
+                raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),
+                                                           "model_type", None))
+            head = getattr(self.model, HEAD_ATTRIBUTE)
+            self.alpha = float(head.settings.alpha)
+            self.global_graph = bool(head.settings.global_graph)
+            head.loss_scale = self._amp_loss_scale
+            mga = _graph_network(self.model)
             if mga is not None and not any(p.requires_grad for p in mga.parameters()):
                 logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
                                "--modules_to_save mga to train and save it")

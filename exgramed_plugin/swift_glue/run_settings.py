@@ -21,6 +21,7 @@ from ..settings import LOSS_TYPE, MGASettings, PluginSettings, SettingsError, pa
     with_saved_mga
 
 logger = logging.getLogger(__name__)
+HEAD_CALLBACK = "exgramed_mga_head"  # swift_glue/builtin_models.py registers it
 _PATCH_MARK = "_exgramed_patched"
 _OUR_MODEL_TYPES = ("exgra_med",)
 
@@ -53,7 +54,12 @@ def adapter_saves_mga(adapter_dir: str | os.PathLike) -> bool:
 
 
 def saved_mga_settings(checkpoint_dir: str | os.PathLike) -> MGASettings | None:
-    """The MGA settings stored in a checkpoint's config.json (None when it stores none)."""
+    """The MGA settings a checkpoint stores: its side file's (built-in models) or its config.json's
+    ``mga_*`` fields (exgra_med); None when it stores none."""
+    from ..head.side_file import read_side_file
+    saved = read_side_file(checkpoint_dir)
+    if saved is not None:
+        return saved[1]
     config_path = Path(checkpoint_dir) / "config.json"
     if not config_path.is_file():
         return None
@@ -86,6 +92,9 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
     training = hasattr(args, "per_device_train_batch_size")
     if training and settings.mga.active:
         _check_graph_size(args, settings)
+        callbacks = getattr(args, "callbacks", None)
+        if isinstance(callbacks, list) and HEAD_CALLBACK not in callbacks:
+            callbacks.append(HEAD_CALLBACK)  # restores a built-in model's graph network on resume
     if training and hasattr(args, "strict") and not args.strict:
         args.strict = True
         logger.info("exgramed: --strict turned on (a row that fails to encode stops the run, naming itself, "

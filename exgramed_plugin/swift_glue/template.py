@@ -12,21 +12,13 @@ from typing import Any
 from swift.template import Template, TemplateMeta, register_template
 from swift.template.template_inputs import StdTemplateInputs
 
-import torch
-
 from ..data.conversation import (IMAGE_TAG, SEPARATOR, SYSTEM_PROMPT, Segment, check_turns, image_block,
-                                 inference_prompt, merge_answers, postprocess_response, tokenize_segments,
-                                 training_segments)
+                                 inference_prompt, postprocess_response, tokenize_segments, training_segments)
 from ..settings import TemplateSettings, current_settings
+from .alignment_inputs import collate_alignment_inputs, merged_answer_ids, row_context
 from .training_guard import check_finite
 
 TEMPLATE_TYPE = "exgra_med"
-
-
-def _row_context(inputs: StdTemplateInputs) -> str:
-    extra = inputs.extra_kwargs or {}
-    parts = [f"{key}={extra[key]!r}" for key in ("id", "source_file") if extra.get(key) is not None]
-    return ", ".join(parts) or "row without id"
 
 
 class ExGraMedTemplate(Template):
@@ -73,7 +65,7 @@ class ExGraMedTemplate(Template):
         return self.settings.prompt_style
 
     def _encode(self, inputs: StdTemplateInputs) -> dict[str, Any]:
-        context = _row_context(inputs)
+        context = row_context(inputs)
         messages = [dict(m) for m in inputs.messages if m["role"] != "system"]
         if not self.is_training and messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]  # the reference answer of a validation row
@@ -108,45 +100,20 @@ class ExGraMedTemplate(Template):
 
     def _alignment_ids(self, messages: list[dict], inputs: StdTemplateInputs, context: str) -> dict[str, list[int]]:
         """Token ids of the merged answers and merged extended answers (§3.1), BOS first."""
-        extended = (inputs.extra_kwargs or {}).get("extended_answers")
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        if not extended:
-            raise ValueError(f"multi-graph alignment needs extended answers (conversations_long or "
-                             f"extended_answers) for every training row ({context})")
-        if len(extended) != len(answers):
-            raise ValueError(f"{len(extended)} extended answers for {len(answers)} answers ({context})")
-        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
-        limit = self.max_length or 2048
-
-        def encode(text: str) -> list[int]:
-            return (bos + self.tokenizer.encode(text, add_special_tokens=False))[:limit]
-
-        return {"merged_answer_ids": encode(merge_answers(answers)),
-                "extended_answer_ids": encode(merge_answers(extended))}
+        return merged_answer_ids(self.tokenizer, answers, (inputs.extra_kwargs or {}).get("extended_answers"),
+                                 max_length=self.max_length, context=context)
 
     def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
-        """swift's collation plus, in training with MGA, the merged answers then the merged extended
-        answers of the step (§3.1), for the text passes.
-
-        Packed by default: ``mga_text_ids`` ``[1, T]`` back to back and ``mga_text_lengths`` ``[2B]``,
-        no padding (the model lays them out, modeling/text_packing.py). ``mga_pooling=padded`` (the
-        original's mean over padding) or ``mga_text_packing`` false: one right-padded ``[2B, L]``
-        ``mga_text_ids`` with ``mga_text_mask``.
-        """
+        """swift's collation plus, in training with MGA, the step's text passes (alignment_inputs.py):
+        packed unless ``mga_pooling=padded`` or ``mga_text_packing`` is off."""
+        alignment = {}
+        if batch and "merged_answer_ids" in batch[0]:  # before swift's collation: padding-free packs `batch` in place
+            config = self._model_config
+            packed = getattr(config, "mga_text_packing", True) and getattr(config, "mga_pooling", "masked") != "padded"
+            alignment = collate_alignment_inputs(batch, packed=packed, pad_token_id=self.tokenizer.pad_token_id)
         result = super()._data_collator(batch, padding_to=padding_to)
-        if not batch or "merged_answer_ids" not in batch[0]:
-            return result
-        sequences = [b["merged_answer_ids"] for b in batch] + [b["extended_answer_ids"] for b in batch]
-        config = self._model_config
-        if getattr(config, "mga_text_packing", True) and getattr(config, "mga_pooling", "masked") != "padded":
-            result["mga_text_ids"] = torch.tensor([[t for s in sequences for t in s]], dtype=torch.long)
-            result["mga_text_lengths"] = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-            return result
-        length = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        result["mga_text_ids"] = torch.tensor([s + [pad] * (length - len(s)) for s in sequences], dtype=torch.long)
-        result["mga_text_mask"] = torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences],
-                                               dtype=torch.long)
+        result.update(alignment)
         return result
 
     def compute_sft_loss(self, model, inputs: dict[str, Any], num_items_in_batch=None, trainer=None):

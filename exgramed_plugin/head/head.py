@@ -1,0 +1,232 @@
+"""The alignment head: everything around the MGA loss that does not depend on the architecture.
+
+Any model that carries the head (``exgra_med`` and swift's built-in VLMs, head/builtin.py) gives it
+three node sets and receives the alignment output:
+
+* image nodes: per image, the mean of what the language model receives at that image's token
+  positions; per sample, the mean over its images (:func:`image_nodes`);
+* text nodes: the language model's last hidden state (after its final norm), masked mean over the
+  merged answers and merged extended answers of each sample, one packed text pass per step
+  (:meth:`AlignmentHead.text_nodes`, modeling/text_packing.py);
+* the alignment itself (:meth:`AlignmentHead.align`): the global-graph gather, the per-step seeded
+  Gumbel noise, the AMP loss scale and the once-only small-batch warning.
+
+The trainable part, the graph network (:func:`build_alignment_network`), is a submodule of the
+model (``model.mga`` in exgra_med, ``mga`` on a built-in model), so that the optimizer, LoRA's
+``--modules_to_save mga``, DDP, ZeRO-3 and FSDP see it. The head itself holds no parameters.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch import distributed as dist
+
+from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
+from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
+from ..modeling.text_packing import pack_padded, packed_text_nodes
+from ..settings import POOLINGS, MGASettings
+
+logger = logging.getLogger(__name__)
+
+_EXIT_HOOK: list[bool] = []
+
+
+def build_alignment_network(settings: MGASettings, hidden_size: int) -> nn.Module:
+    """The trainable graph network (or a pairwise contrastive baseline) for ``hidden_size`` nodes."""
+    if settings.pooling not in POOLINGS:
+        raise ValueError(f"mga_pooling must be one of {POOLINGS}, got {settings.pooling!r}")
+    if settings.objective in CONTRASTIVE_OBJECTIVES:  # the paper's pairwise baselines, same nodes
+        return ContrastiveAlignment(objective=settings.objective)
+    if settings.objective != "mga":
+        raise ValueError(f"mga_objective must be 'mga' or one of {CONTRASTIVE_OBJECTIVES}, got {settings.objective!r}")
+    return MultiGraphAlignment(
+        in_features=hidden_size, hidden_features=settings.hidden_features, k=settings.k,
+        lambda_val=settings.lambda_val, gumbel_scale=settings.gumbel_scale, solver=settings.solver,
+        message_flow=settings.message_flow, fidelity=settings.fidelity,
+        use_message_passing=settings.use_message_passing, seed=settings.seed)
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group before interpreter finalization (registered once).
+
+    swift leaves the group alive at the end of training. Gloo worker threads may then still hold
+    the tensors of the last collectives when Python tears down, and freeing them without an
+    interpreter aborts the process ("terminate called without an active exception"), after the
+    run has finished and saved.
+    """
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK.append(True)
+
+    def _destroy() -> None:
+        if dist.is_available() and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as error:  # exiting anyway: never turn a finished run into a failure
+                logger.debug("destroy_process_group at exit: %s", error)
+
+    atexit.register(_destroy)
+
+
+def distributed_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any process: modules some rank runs must run on every rank (ZeRO-3)."""
+    if distributed_world() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def gather_with_local_grad(nodes: Tensor) -> Tensor:
+    """All nodes of all processes; only the local slice keeps its gradient."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=nodes.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([nodes.shape[0]], device=nodes.device))
+    largest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(largest, nodes.shape[1], dtype=nodes.dtype, device=nodes.device)
+    padded[:nodes.shape[0]] = nodes.detach()
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    parts = [g[:int(s.item())] for g, s in zip(gathered, sizes)]
+    parts[rank] = nodes
+    return torch.cat(parts)
+
+
+def image_nodes(image_states: Tensor, tokens_per_image: Sequence[int], images_per_sample: Sequence[int],
+                zero_node: Tensor | None) -> Tensor:
+    """Per-sample image nodes ``[B, hidden]`` from the states at the image-token positions.
+
+    ``image_states`` ``[sum(tokens_per_image), hidden]`` are the image positions of the batch in
+    order (sample after sample, image after image); each image's node is its mean, each sample's
+    the mean of its images' nodes. A sample without an image gets ``zero_node`` (the node of an
+    all-zero image, as the original).
+    """
+    if image_states.shape[0] != sum(tokens_per_image):
+        raise ValueError(f"the batch has {image_states.shape[0]} image-token positions but its images have "
+                         f"{sum(tokens_per_image)} tokens ({list(tokens_per_image)})")
+    if sum(images_per_sample) != len(tokens_per_image):
+        raise ValueError(f"{len(tokens_per_image)} image(s) in the batch but the samples hold {sum(images_per_sample)}")
+    per_image = [part.mean(dim=0) for part in image_states.split(list(tokens_per_image))]
+    nodes, start = [], 0
+    for count in images_per_sample:
+        if count == 0:
+            if zero_node is None:
+                raise ValueError("a sample without an image needs the zero-image node")
+            nodes.append(zero_node.to(image_states.dtype))
+        else:
+            nodes.append(torch.stack(per_image[start:start + count]).mean(dim=0))
+            start += count
+    return torch.stack(nodes)
+
+
+def alignment_terms(alignment: MultiGraphAlignmentOutput) -> dict[str, Tensor]:
+    """The scalars the ``exgra_mga`` loss logs next to ``align_loss``."""
+    terms = {f"hamming_{name}": value for name, value in alignment.hamming.items()}
+    terms["matching_accuracy"] = alignment.matching_accuracy
+    terms["mga_graph_nodes"] = torch.tensor(float(alignment.num_nodes))
+    return terms
+
+
+class AlignmentHead:
+    """The architecture-independent MGA orchestration of one model (no parameters of its own).
+
+    ``settings``: the MGA settings, or a config whose ``mga_*`` fields hold them (exgra_med: read
+    at every call, so that edits of the model's config apply). ``loss_scale`` is set by the ``exgra_mga`` loss: the AMP
+    GradScaler's current scale, which the black-box backward divides out.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self.loss_scale: Callable[[], float] | None = None
+        self.calls = 0
+        self.warned_small_batch = False
+        self._logged_padded_text_pass = False
+
+    @property
+    def settings(self) -> MGASettings:
+        source = self._settings
+        return source if isinstance(source, MGASettings) else MGASettings.from_config(source)
+
+    # -- text nodes -------------------------------------------------------------------------
+
+    def text_nodes(self, decoder: nn.Module, text_ids: Tensor, text_mask: Tensor | None = None,
+                   text_lengths: Tensor | None = None, *, position_rows: int = 0) -> Tensor:
+        """Pooled ``decoder`` states (after its final norm) of the merged answers ``[N, hidden]``.
+
+        Packed (``text_lengths``: ``text_ids`` ``[1, T]`` back to back) or padded (``text_mask``,
+        ``[N, L]``, packed here unless ``text_packing`` is off): the masked mean is the same.
+        ``after_de`` off pools the raw token embeddings instead; ``pooling`` ``padded`` averages
+        over padding too, as the original did, so it needs the padded batch. ``position_rows``: see
+        :func:`packed_text_nodes` (4 for M-RoPE decoders).
+        """
+        settings = self.settings
+        if settings.pooling == "padded" or not settings.text_packing:
+            if text_mask is None:
+                raise ValueError(
+                    f"mga_pooling={settings.pooling!r}, mga_text_packing={settings.text_packing}: the padded text "
+                    "pass needs the padded [2B, L] batch (mga_text_mask), got a packed one (mga_text_lengths); the "
+                    "plugin's templates emit the padded batch for these settings")
+            if settings.pooling == "padded" and not self._logged_padded_text_pass:
+                logger.info("alignment text passes run padded [2B, L] (not packed) because mga_pooling=padded: "
+                            "the original's mean over padding depends on the padded length")
+                self._logged_padded_text_pass = True
+            return self._padded_text_nodes(decoder, text_ids, text_mask, position_rows)
+        if text_lengths is None:
+            text_ids, text_lengths = pack_padded(text_ids, text_mask)
+        return packed_text_nodes(decoder, text_ids, text_lengths, after_de=settings.after_de,
+                                 position_rows=position_rows)
+
+    def _padded_text_nodes(self, decoder: nn.Module, text_ids: Tensor, text_mask: Tensor,
+                           position_rows: int) -> Tensor:
+        """The original layout: one padded ``[N, L]`` pass, masked (or, ``padded``, plain) mean."""
+        embeds = decoder.embed_tokens(text_ids)
+        if self.settings.after_de:
+            kwargs = {}
+            if position_rows:
+                positions = (text_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+                kwargs["position_ids"] = positions[None].expand(position_rows - 1, -1, -1)
+            hidden = decoder(inputs_embeds=embeds, attention_mask=text_mask, use_cache=False, **kwargs).last_hidden_state
+        else:
+            hidden = embeds
+        if self.settings.pooling == "padded":
+            return hidden.mean(dim=1)
+        mask = text_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    # -- the alignment ----------------------------------------------------------------------
+
+    def global_graph(self) -> bool:
+        return bool(self.settings.global_graph) and distributed_world() > 1
+
+    def noise_generator(self, global_graph: bool) -> torch.Generator:
+        """Seeded per step (and per rank for per-device graphs), never the global RNG."""
+        self.calls += 1
+        rank = dist.get_rank() if distributed_world() > 1 and not global_graph else 0
+        seed = (self.settings.seed * 1_000_003 + self.calls * 7919 + rank) % (2 ** 63)
+        return torch.Generator().manual_seed(seed)
+
+    def align(self, network: nn.Module, z_image: Tensor, z_text: Tensor, z_extended: Tensor
+              ) -> MultiGraphAlignmentOutput:
+        """The alignment output of one step's nodes ``[B, hidden]`` (gathered over ranks for the global graph)."""
+        nodes = [z_image, z_text, z_extended]
+        global_graph = self.global_graph()
+        if global_graph:
+            # One gather for the three node sets (2 collectives per step instead of 6).
+            gathered = gather_with_local_grad(torch.cat(nodes, dim=1))
+            nodes = [part.to(z.dtype) for part, z in zip(gathered.split([z.shape[1] for z in nodes], dim=1), nodes)]
+            destroy_process_group_at_exit()
+        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale)
+        if output.skipped_reason and not self.warned_small_batch:
+            logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
+            self.warned_small_batch = True
+        return output

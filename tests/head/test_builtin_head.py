@@ -1,0 +1,290 @@
+"""The alignment head on swift's built-in Qwen2.5-VL: nodes against independent references, the
+template's training inputs, checkpoints with stock keys and a side file, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+ATOL = 1e-5
+
+
+def _image(path, width: int, height: int, colour: tuple[int, int, int]) -> str:
+    Image.new("RGB", (width, height), colour).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """A two-image row (images of different sizes), a text-only row and a one-image row."""
+    folder = tmp_path_factory.mktemp("images")
+    small = _image(folder / "small.png", 56, 56, (200, 30, 30))
+    wide = _image(folder / "wide.png", 112, 56, (30, 200, 30))
+    tall = _image(folder / "tall.png", 56, 84, (30, 30, 200))
+    return [
+        {"id": "two-images", "images": [small, wide],
+         "messages": [{"role": "user", "content": "<image>\n<image>\nCompare the two scans."},
+                      {"role": "assistant", "content": "The second shows an effusion."}],
+         "extended_answers": ["The second scan shows a pleural effusion at the right base, absent in the first."]},
+        {"id": "text-only", "images": [],
+         "messages": [{"role": "user", "content": "What is an effusion?"},
+                      {"role": "assistant", "content": "Fluid in a body cavity."},
+                      {"role": "user", "content": "Where?"},
+                      {"role": "assistant", "content": "Often the pleura."}],
+         "extended_answers": ["An effusion is an abnormal collection of fluid in a body cavity.",
+                              "It is often found in the pleural space around the lungs."]},
+        {"id": "one-image", "images": [tall],
+         "messages": [{"role": "user", "content": "<image>\nIs there a fracture?"},
+                      {"role": "assistant", "content": "No."}],
+         "extended_answers": ["No, the cortex of the bone is intact and there is no fracture line."]},
+    ]
+
+
+def _load(checkpoint, **mga):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    from exgramed_plugin.settings import parse_settings, use_settings
+    use_settings(parse_settings({}, mga, loss_type="exgra_mga"))
+    model, processor = get_model_processor(str(checkpoint), model_type="qwen2_5_vl", torch_dtype=torch.float32,
+                                           device_map="cpu")
+    template = get_template(processor, template_type="qwen2_5_vl")
+    template.set_mode("train")
+    template.register_post_encode_hook([model])
+    model.train()
+    for module in model.modules():  # deterministic: no dropout in the nodes or the GNN
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model, template
+
+
+@pytest.fixture(scope="module")
+def loaded(registered, tiny_qwen2_5_vl):
+    return _load(tiny_qwen2_5_vl)
+
+
+def _recorded_nodes(model, batch):
+    """Run the training forward and record the three node sets the graph network receives."""
+    seen = {}
+    original = model.mga.forward
+
+    def record(z_image, z_text, z_extended, **kwargs):
+        seen.update(image=z_image.detach(), text=z_text.detach(), extended=z_extended.detach())
+        return original(z_image, z_text, z_extended, **kwargs)
+
+    model.mga.forward = record
+    try:
+        outputs = model(**batch)
+    finally:
+        del model.mga.forward
+    return outputs, seen
+
+
+def _reference_image_node(model, template, row):
+    """Independent: the mean of the model's own get_image_features output for each image, then over images."""
+    nodes = []
+    for path in row["images"]:
+        template.set_mode("transformers")  # the same image preprocessing, without the training inputs
+        try:
+            encoded = template.encode({"messages": [{"role": "user", "content": "<image>x"}], "images": [path]})
+        finally:
+            template.set_mode("train")
+        with torch.no_grad():
+            output = model.model.get_image_features(encoded["pixel_values"], encoded["image_grid_thw"])
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+        nodes.append(features.mean(dim=0))
+    return torch.stack(nodes).mean(dim=0)
+
+
+def _reference_text_node(model, tokenizer, texts):
+    """Independent: a plain language-model forward of that sample alone, mean over its tokens."""
+    from exgramed_plugin.data.conversation import merge_answers
+    ids = tokenizer.encode(merge_answers(texts), add_special_tokens=False)
+    with torch.no_grad():
+        hidden = model.model.language_model(input_ids=torch.tensor([ids])).last_hidden_state
+    return hidden[0].mean(dim=0)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_nodes_equal_per_sample_references(registered, tiny_qwen2_5_vl, rows, packing):
+    model, template = _load(tiny_qwen2_5_vl, mga_text_packing=packing)
+    batch = template.data_collator([template.encode(row) for row in rows])
+    assert ("mga_text_lengths" in batch) == packing and ("mga_text_mask" in batch) == (not packing)
+    assert batch["mga_images_per_sample"].tolist() == [2, 0, 1]
+    outputs, seen = _recorded_nodes(model, batch)
+    assert torch.isfinite(outputs.align_loss) and torch.isfinite(outputs.loss)
+    head = model.alignment_head
+    zero = torch.stack([_zero_reference(model, template)])[0]
+    for index, row in enumerate(rows):
+        expected = _reference_image_node(model, template, row) if row["images"] else zero
+        torch.testing.assert_close(seen["image"][index], expected, atol=ATOL, rtol=0)
+        answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        torch.testing.assert_close(seen["text"][index], _reference_text_node(model, template.tokenizer, answers),
+                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(seen["extended"][index],
+                                   _reference_text_node(model, template.tokenizer, row["extended_answers"]),
+                                   atol=ATOL, rtol=0)
+    assert head.family.position_rows == 4  # the M-RoPE text model got [text, t, h, w] positions
+
+
+def _zero_reference(model, template):
+    """A black 32x32 image through the model's processor and get_image_features, mean over its tokens."""
+    media = template.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
+    with torch.no_grad():
+        output = model.model.get_image_features(media["pixel_values"], media["image_grid_thw"])
+    features = output.pooler_output if hasattr(output, "pooler_output") else output
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+    return features.mean(dim=0)
+
+
+def test_packed_text_pass_isolates_samples_under_mrope(loaded):
+    """Changing one sample's tokens leaves the other samples' text nodes unchanged."""
+    from exgramed_plugin.modeling.text_packing import packed_text_nodes
+    model, _ = loaded
+    decoder = model.model.language_model
+    first, second = [5, 6, 7, 8, 9], [10, 11, 12]
+    with torch.no_grad():
+        nodes = packed_text_nodes(decoder, torch.tensor([first + second]), torch.tensor([5, 3]), after_de=True,
+                                  position_rows=4)
+        changed = packed_text_nodes(decoder, torch.tensor([[20, 21, 22, 23, 24] + second]), torch.tensor([5, 3]),
+                                    after_de=True, position_rows=4)
+        alone = decoder(input_ids=torch.tensor([second])).last_hidden_state[0].mean(dim=0)
+    torch.testing.assert_close(nodes[1], changed[1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(nodes[1], alone, atol=ATOL, rtol=0)
+    assert not torch.allclose(nodes[0], changed[0])
+    # the mechanism the packed pass relies on, in one row: text positions first, restarting per sample
+    positions = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])[None, None].expand(4, 1, -1)
+    with torch.no_grad():
+        one_row = decoder(input_ids=torch.tensor([first + second]), position_ids=positions,
+                          use_cache=False).last_hidden_state[0]
+    torch.testing.assert_close(one_row[5:].mean(dim=0), alone, atol=ATOL, rtol=0)
+
+
+def test_gradients_reach_the_graph_network_merger_and_language_model(loaded, rows):
+    model, template = loaded
+    batch = template.data_collator([template.encode(row) for row in rows])
+    model.zero_grad()
+    outputs = model(**batch)
+    outputs.align_loss.backward()
+    assert sum(p.grad.abs().sum() for p in model.mga.parameters() if p.grad is not None) > 0
+    assert model.model.visual.merger.mlp[0].weight.grad.abs().sum() > 0  # through the image nodes
+    assert model.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the text passes
+    assert {"matching_accuracy", "hamming_image_to_bary", "mga_graph_nodes"} <= set(outputs.align_terms)
+
+
+def test_padding_free_batch_gives_the_padded_nodes_and_losses(registered, tiny_qwen2_5_vl, rows):
+    """One packed row (text positions first, so sdpa masks per sample) = the padded batch."""
+    model, template = _load(tiny_qwen2_5_vl)
+    encoded = [template.encode(row, return_length=True) for row in rows]
+    padded = template.data_collator([dict(e) for e in encoded])
+    template.padding_free = True
+    try:
+        packed = template.data_collator([dict(e) for e in encoded])
+    finally:
+        template.padding_free = False
+    assert packed["input_ids"].shape[0] == 1
+    packed["position_ids"] = torch.cat([packed.pop("text_position_ids")[None], packed["position_ids"]])
+    for key in [k for k in packed if k.startswith(("cu_seq", "max_length"))]:
+        packed.pop(key)
+    model.alignment_head.calls = 0
+    padded_out, padded_nodes = _recorded_nodes(model, padded)
+    model.alignment_head.calls = 0
+    model.config.text_config.use_cache = False  # no cache: sdpa reads the packed samples from the positions
+    try:
+        packed_out, packed_nodes = _recorded_nodes(model, packed)
+    finally:
+        model.config.text_config.use_cache = True
+    for name in ("image", "text", "extended"):
+        torch.testing.assert_close(packed_nodes[name], padded_nodes[name], atol=ATOL, rtol=0)
+    torch.testing.assert_close(packed_out.align_loss, padded_out.align_loss, atol=ATOL, rtol=0)
+    torch.testing.assert_close(packed_out.loss, padded_out.loss, atol=ATOL, rtol=0)
+
+
+def test_inference_encoding_is_the_stock_templates(loaded, rows):
+    from swift.template import TEMPLATE_MAPPING
+    from swift.template.templates.qwen import Qwen2_5VLTemplate
+    model, template = loaded
+    assert isinstance(template, Qwen2_5VLTemplate) and type(template) is not Qwen2_5VLTemplate
+    stock = Qwen2_5VLTemplate(template.processor, TEMPLATE_MAPPING["qwen2_5_vl"])
+    for mode in ("transformers", "train"):
+        template.set_mode(mode)
+        stock.set_mode(mode)
+        ours, theirs = template.encode(dict(rows[2])), stock.encode(dict(rows[2]))
+        extra = {"merged_answer_ids", "extended_answer_ids", "mga_image_tokens"} if mode == "train" else set()
+        assert set(ours) == set(theirs) | extra
+        assert ours["input_ids"] == theirs["input_ids"]
+    template.set_mode("train")
+
+
+def test_rows_without_extended_answers_or_with_wrong_image_counts_are_named(loaded, rows):
+    from exgramed_plugin.swift_glue.alignment_inputs import image_token_counts
+    _, template = loaded
+    with pytest.raises(ValueError, match="one-image.*|extended answers"):
+        template.encode(dict(rows[2], extended_answers=None))
+    with pytest.raises(ValueError, match="2 image.*1 run.*row-7"):
+        image_token_counts([1, 9, 9, 9, 2], 9, 2, context="id='row-7'")
+    assert image_token_counts([9, 9, 9, 9], 9, 2, context="") == [2, 2]  # adjacent fixed-size images
+
+
+def test_batch_whose_image_tokens_disagree_with_its_images_is_an_error(loaded, rows):
+    model, template = loaded
+    batch = template.data_collator([template.encode(row) for row in rows])
+    batch["mga_image_tokens"] = batch["mga_image_tokens"] + 1
+    with pytest.raises(ValueError, match="image-token positions but its images have"):
+        model(**batch)
+
+
+def test_unsupported_model_type_lists_the_supported_ones(loaded):
+    from exgramed_plugin.head.builtin import attach_alignment_head
+    from exgramed_plugin.settings import MGASettings
+    model, _ = loaded
+    with pytest.raises(ValueError, match="qwen2_vl.*supported model types: exgra_med, qwen2_5_vl, qwen3_vl"):
+        attach_alignment_head(model, "qwen2_vl", MGASettings(enabled=True), None)
+
+
+def test_checkpoint_has_the_stock_keys_and_the_network_in_a_side_file(loaded, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from exgramed_plugin.head.side_file import SIDE_FILE, read_side_file
+    model, _ = loaded
+    model.save_pretrained(tmp_path / "ours")
+    stock = Qwen2_5_VLForConditionalGeneration(model.config)
+    stock.save_pretrained(tmp_path / "stock")
+
+    def keys(folder):
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            return set(handle.keys())
+
+    assert keys(tmp_path / "ours") == keys(tmp_path / "stock")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    tensors, settings, model_type = read_side_file(tmp_path / "ours")
+    assert (tmp_path / "ours" / SIDE_FILE).is_file() and model_type == "qwen2_5_vl" and settings.k == 5
+    for name, value in model.mga.state_dict().items():
+        assert torch.equal(tensors[name], value)
+    reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "ours")  # a stock loader accepts it
+    assert not hasattr(reloaded, "mga")
+
+
+def test_side_file_loads_into_a_fresh_head(registered, tiny_qwen2_5_vl, loaded, tmp_path):
+    import shutil
+
+    from exgramed_plugin.head.side_file import load_side_file
+    model, _ = loaded
+    with torch.no_grad():
+        for parameter in model.mga.parameters():
+            parameter.add_(0.5)
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_qwen2_5_vl, folder)
+    model.save_pretrained(folder)
+    fresh, _ = _load(folder)  # the loader finds the side file beside the weights
+    for (name, value), (_, expected) in zip(fresh.mga.state_dict().items(), model.mga.state_dict().items()):
+        assert torch.equal(value, expected), name
+    other = torch.nn.Linear(2, 2)
+    with pytest.raises(Exception, match="does not fit the graph network"):
+        load_side_file(other, folder)
