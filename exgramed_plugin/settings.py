@@ -198,12 +198,15 @@ _SPEC_BY_KEY = {spec.key: spec for spec in _SPECS}
 
 @dataclass(frozen=True)
 class PluginSettings:
-    """All switches of one process. ``explicit`` holds the keys some source actually set."""
+    """All switches of one process. ``explicit`` holds the keys some source actually set;
+    ``training`` false: a swift infer / export / deploy run, which may build the graph network (to
+    load an adapter's) but never reads extended answers."""
 
     mga: MGASettings = field(default_factory=MGASettings)
     template: TemplateSettings = field(default_factory=TemplateSettings)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
     explicit: frozenset[str] = frozenset()
+    training: bool = True
 
     def replace(self, **values: Any) -> "PluginSettings":
         """A copy with settings changed by key (``mga_k=3``, ``exgramed_prompt_style="v0"``), validated."""
@@ -234,6 +237,7 @@ def _assemble(base: PluginSettings, values: Mapping[str, Any], source: str) -> P
         template=dataclasses.replace(base.template, **parts["template"]),
         loader=dataclasses.replace(base.loader, **parts["loader"]),
         explicit=base.explicit | frozenset(values),
+        training=base.training,
     )
 
 

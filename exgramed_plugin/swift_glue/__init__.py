@@ -9,6 +9,7 @@ from .hub_datasets import register_hub_benchmarks
 from .loss import register_exgra_mga_loss
 from .metrics import register_exgra_vqa_metric
 from .model import register_exgra_med_model
+from .resume import register_resume_callback
 from .run_settings import capture_swift_arguments
 from .template import register_exgra_med_template
 
@@ -37,3 +38,4 @@ def register_all() -> None:
     register_exgra_mga_loss()
     register_exgra_vqa_metric()
     register_builtin_alignment()
+    register_resume_callback()

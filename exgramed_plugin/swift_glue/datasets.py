@@ -48,7 +48,8 @@ class ExGraMedPreprocessor(RowPreprocessor):
         self.source = source
         self.image_root = image_root
         if require_extended_answers is None:
-            require_extended_answers = current_settings().mga.active
+            settings = current_settings()
+            require_extended_answers = settings.mga.active and settings.training
         self.require_extended_answers = require_extended_answers
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ dataset is made: the one place where the settings are parsed and the run is chec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ def settings_from_swift_args(args: Any, environ: dict[str, str] | None = None) -
         if saved is not None:
             settings = with_saved_mga(settings, saved, str(resume))
     training = hasattr(args, "per_device_train_batch_size")
+    settings = dataclasses.replace(settings, training=training)
     if not training and not settings.mga.enabled and any(adapter_saves_mga(a) for a in getattr(args, "adapters", [])):
         # swift infer/export of a LoRA checkpoint trained with --modules_to_save mga: build the module so
         # that its trained weights load, and a merged export (--merge_lora) keeps them.
