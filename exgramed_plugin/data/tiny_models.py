@@ -539,6 +539,7 @@ def make_tiny_llava1_5_hf(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
 
 def make_tiny_gemma3_vision(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     """Write a random ``gemma3_vision`` (SigLIP + Gemma 3) checkpoint to ``out_dir``."""
+    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
     from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessor
 
@@ -563,6 +564,11 @@ def make_tiny_gemma3_vision(out_dir: str | os.PathLike, *, seed: int = 0) -> Pat
     )
     model = _seeded_model(Gemma3ForConditionalGeneration, config, seed)
     _zero_unused_rows(model, tokenizer, GEMMA3_VOCAB_SIZE)
+    # Gemma3MultiModalProjector starts its projection at zero: every image feature would be 0 (image nodes,
+    # image-dependent answers); seeded random values instead
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        projection.copy_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(seed)) * TEXT_INIT_STD)
     model.generation_config = GenerationConfig(bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"],
                                                eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]], do_sample=False)
     image_processor = Gemma3ImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,

@@ -8,8 +8,7 @@
 * Loading: after swift loads a model (``ModelLoader.load``), a run with MGA active attaches the
   alignment head (head/builtin.py), with the graph network of the checkpoint's side file when it
   has one; an unsupported model type stops there, listing the supported ones.
-* Resuming: the ``exgramed_mga_head`` callback loads the checkpoint's side file at the start of
-  training (after the trainer has restored the stock weights, which do not hold the network).
+* Resuming: see resume.py.
 """
 
 from __future__ import annotations
@@ -17,18 +16,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from swift.callbacks import TrainerCallback, callbacks_map
 from swift.model.register import ModelLoader
 from swift.template import TEMPLATE_MAPPING
 
-from ..head.builtin import FAMILIES, HEAD_ATTRIBUTE, NETWORK_NAME, attach_alignment_head, image_token_id, \
-    unsupported_model_type_error
+from ..head.builtin import FAMILIES, NETWORK_NAME, attach_alignment_head, image_token_id, unsupported_model_type_error
 from ..head.side_file import load_side_file, side_file_path
 from ..settings import current_settings
 from .alignment_inputs import collate_alignment_inputs, image_token_counts, merged_answer_ids, row_context
 
 logger = logging.getLogger(__name__)
-CALLBACK_NAME = "exgramed_mga_head"
 _PATCH_MARK = "_exgramed_alignment"
 _OWN_MODEL_TYPES = ("exgra_med",)
 
@@ -116,22 +112,6 @@ def attach_head_after_load() -> None:
     ModelLoader.load = load
 
 
-class AlignmentHeadCallback(TrainerCallback):
-    """Restore a built-in model's graph network from ``--resume_from_checkpoint``'s side file."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        resume = getattr(args, "resume_from_checkpoint", None)
-        model = kwargs.get("model")
-        if not resume or model is None or getattr(args, "deepspeed", None):
-            return  # DeepSpeed restores every parameter, the network's too, from its own checkpoint
-        for module in model.modules():
-            if getattr(module, HEAD_ATTRIBUTE, None) is not None and hasattr(module, NETWORK_NAME):
-                if load_side_file(getattr(module, NETWORK_NAME), resume):
-                    logger.info("graph network restored from %s", side_file_path(resume))
-                return
-
-
 def register_builtin_alignment() -> None:
     install_alignment_templates()
     attach_head_after_load()
-    callbacks_map[CALLBACK_NAME] = AlignmentHeadCallback
