@@ -126,7 +126,12 @@ def image_nodes(image_states: Tensor, tokens_per_image: Sequence[int], images_pe
         else:
             nodes.append(torch.stack(per_image[start:start + count]).mean(dim=0))
             start += count
-    return torch.stack(nodes)
+    stacked = torch.stack(nodes)
+    if zero_node is not None and 0 not in images_per_sample:
+        # computed because another rank needed it: keep it in this rank's backward too, so that ZeRO-3
+        # gathers the same parameters in the same order on every rank
+        stacked = stacked + 0.0 * zero_node.sum().to(stacked.dtype)
+    return stacked
 
 
 def alignment_terms(alignment: MultiGraphAlignmentOutput) -> dict[str, Tensor]:

@@ -1,0 +1,35 @@
+"""Test-only swift plugin: each rank saves the local nodes of its first alignment step.
+
+Loaded after ``exgramed_plugin/register.py`` with ``--external_plugins``; writes
+``$ALIGNMENT_TEST_NODE_DUMP/rank<r>.pt`` with the image / text / extended nodes (before the
+global-graph gather) and the merged answer ids of the samples they belong to.
+"""
+
+import os
+
+import torch
+from torch import distributed as dist
+
+from exgramed_plugin.head.builtin import BuiltinAlignmentHead
+
+_original_alignment = BuiltinAlignmentHead.alignment
+_original_align = BuiltinAlignmentHead.align
+
+
+def _alignment(self, model, lm_inputs_embeds, input_ids, batch):
+    self._dump_batch = {key: value.detach().cpu() for key, value in batch.items() if key.startswith("mga_text")}
+    return _original_alignment(self, model, lm_inputs_embeds, input_ids, batch)
+
+
+def _align(self, network, z_image, z_text, z_extended):
+    folder = os.environ["ALIGNMENT_TEST_NODE_DUMP"]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    path = os.path.join(folder, f"rank{rank}.pt")
+    if not os.path.exists(path):
+        torch.save({"image": z_image.detach().cpu(), "text": z_text.detach().cpu(),
+                    "extended": z_extended.detach().cpu(), **self._dump_batch}, path)
+    return _original_align(self, network, z_image, z_text, z_extended)
+
+
+BuiltinAlignmentHead.alignment = _alignment
+BuiltinAlignmentHead.align = _align
