@@ -1,4 +1,5 @@
-"""Every recipe is a valid swift YAML: known SftArguments fields, our plugin, model type and template."""
+"""Every recipe is a valid swift YAML: known SftArguments fields, our plugin, a supported model type
+with its template."""
 
 import dataclasses
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_there_are_stage_finetune_and_data_efficiency_recipes():
                 "stage2_exgramed_zero3", "demo_cpu", "demo_cpu_vqa"}
     expected |= {f"finetune_{d}{v}" for d in ("vqa_rad", "slake", "pathvqa") for v in ("", "_dci")}
     expected |= {f"{s}_{p}" for s in ("stage1_alignment", "stage2_exgramed", "stage2_llava_med") for p in (10, 40)}
+    expected |= {"stage2_qwen2_5_vl_exgramed", "stage2_medgemma_exgramed"}
     assert expected <= names
 
 
@@ -32,8 +34,13 @@ def test_recipe_keys_are_swift_arguments(recipe: Path):
     assert not unknown, f"{recipe.name}: not swift arguments: {sorted(unknown)}"
     assert set(env) <= MGA_ENV, f"{recipe.name}: unknown ENV keys {set(env) - MGA_ENV}"
     assert content["custom_register_path"] == "exgramed_plugin/register.py"
-    assert content["model_type"] == "exgra_med" and content["template"] == "exgra_med"
+    from exgramed_plugin.head.builtin import FAMILIES
+    supported = {("exgra_med", "exgra_med")} | {(f.model_type, f.template) for f in FAMILIES.values()}
+    assert (content["model_type"], content["template"]) in supported
     assert content["freeze_vit"] is True
+    if content["model_type"] != "exgra_med":  # the image nodes come from the merger / projector: it trains
+        assert content["freeze_aligner"] is False and content["loss_type"] == "exgra_mga"
+        assert "mga" in content["modules_to_save"] or content["tuner_type"] == "full"
 
 
 def test_stage_hyper_parameters_follow_the_original_scripts():

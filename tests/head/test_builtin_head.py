@@ -288,3 +288,23 @@ def test_side_file_loads_into_a_fresh_head(registered, tiny_qwen2_5_vl, loaded, 
     other = torch.nn.Linear(2, 2)
     with pytest.raises(Exception, match="does not fit the graph network"):
         load_side_file(other, folder)
+
+
+def test_frozen_image_node_modules_warn_once(loaded, rows, caplog):
+    import logging
+    model, template = loaded
+    batch = template.data_collator([template.encode(row) for row in rows])
+    visual = [p for p in model.model.visual.parameters()]
+    states = [p.requires_grad for p in visual]
+    model.alignment_head.warned_frozen_image_nodes = False
+    try:
+        for parameter in visual:
+            parameter.requires_grad_(False)
+        with caplog.at_level(logging.WARNING, logger="exgramed_plugin"):
+            model(**batch)
+            model(**batch)
+    finally:
+        for parameter, state in zip(visual, states):
+            parameter.requires_grad_(state)
+    warnings = [r for r in caplog.records if "--freeze_aligner false" in r.getMessage()]
+    assert len(warnings) == 1
