@@ -14,6 +14,19 @@ DATA_TEMPLATES = REPO_ROOT / "data_templates"
 DEMO_QUESTIONS = 8  # questions of the `demo` fixture (the first of the demo test split)
 
 
+def padded_and_padding_free(template, rows):
+    """The same training rows collated padded and padding-free (one row, as --padding_free builds it)."""
+    encoded = [template.encode(row, return_length=True) for row in rows]
+    padded = template.data_collator([dict(e) for e in encoded])
+    template.padding_free = True
+    try:
+        packed = template.data_collator([dict(e) for e in encoded])
+    finally:
+        template.padding_free = False
+    assert packed["input_ids"].shape[0] == 1
+    return padded, packed
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     """Each test sees the plugin settings of its own environment, not those of an earlier test."""

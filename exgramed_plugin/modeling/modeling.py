@@ -203,22 +203,26 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
 
     _gather_with_local_grad = staticmethod(gather_with_local_grad)
 
-    def image_nodes(self, input_ids: Tensor, image_features: Tensor | None) -> Tensor:
+    def image_nodes(self, input_ids: Tensor, image_features: Tensor | None,
+                    images_per_sample: list[int] | None = None) -> Tensor:
         """Per-sample mean of the projector outputs over its image tokens ``[B, hidden]``.
 
-        A sample without an image gets the node of an all-zero image, as the original did; with
-        several processes every rank computes it when any rank needs it (ZeRO-3 gathers the
-        tower's weights in every call, so all ranks must make the same calls).
+        ``images_per_sample`` (from the template) is needed when a row holds several samples
+        (padding-free); without it each row is one sample. A sample without an image gets the node
+        of an all-zero image, as the original did; with several processes every rank computes it
+        when any rank needs it (ZeRO-3 gathers the tower's weights in every call, so all ranks must
+        make the same calls).
         """
         tokens = self.config.num_image_tokens
-        images_per_sample = ((input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens).tolist()
+        if images_per_sample is None:
+            images_per_sample = ((input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens).tolist()
         zero_node = None
         if any_rank(image_features is None or 0 in images_per_sample, input_ids.device):
             size = self.config.vision_config.image_size
             zero_image = torch.zeros(1, 3, size, size, device=input_ids.device)
             zero_node = self.model.get_image_features(zero_image).mean(dim=1)[0]
         if image_features is None:
-            return zero_node[None].expand(input_ids.shape[0], -1)
+            return zero_node[None].expand(len(images_per_sample), -1)
         states = image_features.reshape(-1, image_features.shape[-1])
         return image_nodes(states, [tokens] * image_features.shape[0], images_per_sample, zero_node)
 
@@ -228,15 +232,16 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         return self.alignment_head.text_nodes(self.model, text_ids, text_mask, text_lengths)
 
     def multi_graph_alignment(self, input_ids: Tensor, image_features: Tensor | None, text_ids: Tensor,
-                              text_mask: Tensor | None, text_lengths: Tensor | None = None
-                              ) -> MultiGraphAlignmentOutput:
+                              text_mask: Tensor | None, text_lengths: Tensor | None = None,
+                              images_per_sample: Tensor | None = None) -> MultiGraphAlignmentOutput:
         """MGA over image, answer and extended-answer nodes; both text passes in one batch."""
-        batch = input_ids.shape[0]
+        per_sample = None if images_per_sample is None else [int(n) for n in images_per_sample.tolist()]
+        batch = input_ids.shape[0] if per_sample is None else len(per_sample)
         samples = text_lengths.shape[0] if text_lengths is not None else text_ids.shape[0]
         if samples != 2 * batch:
             raise ValueError(f"the text passes have {samples} samples, expected 2 x batch = {2 * batch} "
                              "(answers then extended answers)")
-        z_image = self.image_nodes(input_ids, image_features)
+        z_image = self.image_nodes(input_ids, image_features, per_sample)
         text = self.text_nodes(text_ids, text_mask, text_lengths)
         return self.alignment_head.align(self.model.mga, z_image, text[:batch], text[batch:])
 
@@ -254,13 +259,23 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         mga_text_ids: Tensor | None = None,
         mga_text_mask: Tensor | None = None,
         mga_text_lengths: Tensor | None = None,
+        mga_image_tokens: Tensor | None = None,
+        mga_images_per_sample: Tensor | None = None,
         **kwargs,
     ) -> ExGraMedCausalLMOutput:
+        """``mga_*``: the template's alignment inputs (training with MGA); ``mga_images_per_sample``
+        tells the samples of a padding-free row apart."""
         image_features = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             inputs_embeds, image_features = self.embed_multimodal(input_ids, pixel_values)
+        if mga_image_tokens is not None and len(mga_image_tokens) != (0 if image_features is None
+                                                                     else image_features.shape[0]):
+            raise ValueError(f"the template counted {len(mga_image_tokens)} image(s) in the batch, pixel_values holds "
+                             f"{0 if image_features is None else image_features.shape[0]}")
+        if use_cache is None and self.training:
+            use_cache = False  # no cache in training: sdpa then reads packed samples from restarting positions
         outputs = self.model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -278,7 +293,7 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         align_loss = align_terms = None
         if mga_text_ids is not None and self.training and hasattr(self.model, "mga"):
             alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask,
-                                                   mga_text_lengths)
+                                                   mga_text_lengths, mga_images_per_sample)
             align_loss, align_terms = alignment.loss, alignment_terms(alignment)
         return ExGraMedCausalLMOutput(
             loss=loss,

@@ -29,6 +29,7 @@ class ExGraMedTemplate(Template):
     """
 
     skip_prompt = True
+    support_padding_free = True  # the model takes packed rows (--padding_free / --packing, flash attention)
     settings: TemplateSettings
 
     def init_processor(self, processor) -> None:
@@ -96,6 +97,8 @@ class ExGraMedTemplate(Template):
             encoded["pixel_values"] = self.processor.image_processor(rgb, return_tensors="pt")["pixel_values"]
         if self.is_training and getattr(self._model_config, "mga_enabled", False):
             encoded.update(self._alignment_ids(messages, inputs, context))
+            # per-image token counts: a padding-free row holds several samples (collate_alignment_inputs)
+            encoded["mga_image_tokens"] = [self._model_config.num_image_tokens] * len(images)
         return encoded
 
     def _alignment_ids(self, messages: list[dict], inputs: StdTemplateInputs, context: str) -> dict[str, list[int]]:

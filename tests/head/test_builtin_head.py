@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from conftest import padded_and_padding_free
+
 ATOL = 1e-5
 
 
@@ -180,14 +182,7 @@ def test_gradients_reach_the_graph_network_merger_and_language_model(loaded, row
 def test_padding_free_batch_gives_the_padded_nodes_and_losses(registered, tiny_qwen2_5_vl, rows):
     """One packed row (text positions first, so sdpa masks per sample) = the padded batch."""
     model, template = _load(tiny_qwen2_5_vl)
-    encoded = [template.encode(row, return_length=True) for row in rows]
-    padded = template.data_collator([dict(e) for e in encoded])
-    template.padding_free = True
-    try:
-        packed = template.data_collator([dict(e) for e in encoded])
-    finally:
-        template.padding_free = False
-    assert packed["input_ids"].shape[0] == 1
+    padded, packed = padded_and_padding_free(template, rows)
     packed["position_ids"] = torch.cat([packed.pop("text_position_ids")[None], packed["position_ids"]])
     for key in [k for k in packed if k.startswith(("cu_seq", "max_length"))]:
         packed.pop(key)
