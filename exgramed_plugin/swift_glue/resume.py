@@ -32,6 +32,11 @@ CALLBACK_NAME = "exgramed_mga_head"
 HEAD_STATE_FILE = "mga_head_state.json"
 
 
+def distributed_rank() -> int:
+    from torch import distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def _head_model(model: nn.Module) -> nn.Module | None:
     for module in model.modules():
         if getattr(module, HEAD_ATTRIBUTE, None) is not None:
@@ -81,8 +86,8 @@ class AlignmentHeadCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         model = kwargs.get("model")
         target = _head_model(model) if model is not None else None
-        if target is None or not state.is_world_process_zero:
-            return
+        if target is None or not state.is_world_process_zero or distributed_rank() != 0:
+            return  # (HF's process index is 0 on every rank of a CPU/gloo launch: the process group decides)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():  # the head's step counter, which seeds the noise (one count per micro-batch)
             write_json(folder / HEAD_STATE_FILE, {"calls": getattr(target, HEAD_ATTRIBUTE).calls})
