@@ -303,3 +303,17 @@ def test_frozen_image_node_modules_warn_once(loaded, rows, caplog):
             parameter.requires_grad_(state)
     warnings = [r for r in caplog.records if "--freeze_aligner false" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_training_batch_without_merged_answers_names_the_template(loaded, rows):
+    model, template = loaded
+    batch = template.data_collator([template.encode(row) for row in rows])
+    stripped = {key: value for key, value in batch.items() if not key.startswith("mga_")}
+    with pytest.raises(ValueError, match="without merged answers.*--template qwen2_5_vl"):
+        model(**stripped)
+    model.eval()
+    try:
+        with torch.no_grad():
+            assert model(**stripped).logits is not None  # evaluation / generation need none of it
+    finally:
+        model.train()
