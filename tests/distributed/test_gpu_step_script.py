@@ -1,6 +1,7 @@
-"""``benchmarks/gpu_step.py``: a clear exit without CUDA, and batches the model accepts (CPU, tiny model)."""
+"""``benchmarks/gpu_step.py``: a clear exit without CUDA, and batches the models accept (CPU, tiny models)."""
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -21,13 +22,14 @@ def _load_script():
 
 
 @pytest.mark.slow
-def test_exits_with_a_message_without_cuda(tmp_path):
+@pytest.mark.parametrize("model", ["exgra_med", "qwen2_5_vl"])
+def test_exits_with_a_message_without_cuda(tmp_path, model):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(tmp_path)}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "1"], env=env, capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "1", "--model", model], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == _load_script().NO_CUDA_EXIT, result.stderr[-2000:]
     assert "no CUDA device" in result.stderr
-    assert not (tmp_path / "gpu_step.json").exists()  # nothing measured, nothing recorded
+    assert not list(tmp_path.glob("gpu_step*.json"))  # nothing measured, nothing recorded
 
 
 def test_synthetic_batch_trains_the_model_with_mga(tiny_checkpoint, tiny_tokenizer):
@@ -43,3 +45,47 @@ def test_synthetic_batch_trains_the_model_with_mga(tiny_checkpoint, tiny_tokeniz
     assert torch.isfinite(out.loss) and torch.isfinite(out.align_loss)
     (out.loss + out.align_loss).backward()
     assert model.model.mga.gnn.conv1.lin_rel.weight.grad is not None
+
+
+def test_qwen2_5_vl_padded_and_padding_free_batches_give_the_same_losses():
+    """The qwen2_5_vl configuration at tiny sizes (fp32, CPU): one padded and one padding-free batch of the same
+    samples train the model with the alignment head and give the same lm_loss and align_loss."""
+    script = _load_script()
+    # std 0.3 (as the tiny checkpoints): at 0.02 the logits are so small that lm_loss is ln(vocab) for any layout
+    model, tokenizer = script.build_qwen2_5_vl(64, 2, "sdpa", vision_depth=2, vision_hidden=32, device="cpu",
+                                               gradient_checkpointing=False, initializer_range=0.3)
+    for module in model.modules():  # deterministic: no dropout in the nodes or the graph network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    assert model.config.image_token_id == 151655 and model.config.text_config.vocab_size == 151936
+    rows = script.qwen_samples(model.config, tokenizer, 3, image_size=56, question_tokens=6, answer_tokens=8,
+                               extended_tokens=14)
+    assert [r["mga_image_tokens"] for r in rows] == [[4]] * 3  # 56 px: 4 x 4 patches, merged 2 x 2
+    lengths = [len(r["input_ids"]) for r in rows]
+    padded = script.qwen_padded_batch(model, rows, tokenizer.pad_token_id)
+    free = script.qwen_padding_free_batch(model, rows, flash=False)
+    assert padded["input_ids"].shape == (3, max(lengths)) and padded["attention_mask"].sum(1).tolist() == lengths
+    assert len(set(lengths)) > 1  # the padded layout pads
+    assert free["input_ids"].shape == (1, sum(lengths)) and free["position_ids"].shape == (4, 1, sum(lengths))
+    assert padded["position_ids"].shape == (3, 3, max(lengths)) and "attention_mask" not in free
+    assert padded["mga_text_ids"].shape[0] == 1 and padded["mga_text_lengths"].shape == (6,)
+    assert padded["mga_images_per_sample"].tolist() == [1, 1, 1]
+    outputs = {}
+    for name, batch in (("padded", padded), ("padding_free", free)):
+        model.alignment_head.calls = 0  # the same Gumbel noise for both
+        outputs[name] = script.qwen_forward(model, batch)
+    for out in outputs.values():
+        assert torch.isfinite(out.loss) and torch.isfinite(out.align_loss)
+        assert out.align_loss.requires_grad
+    torch.testing.assert_close(outputs["padding_free"].loss, outputs["padded"].loss, atol=1e-4, rtol=0)
+    torch.testing.assert_close(outputs["padding_free"].align_loss, outputs["padded"].align_loss, atol=1e-4, rtol=0)
+    # not vacuous: without the text-position row the packed samples attend to each other
+    model.alignment_head.calls = 0
+    crossing = script.qwen_forward(model, dict(free, position_ids=free["position_ids"][1:]))
+    assert abs(float(crossing.loss.detach()) - float(outputs["padded"].loss.detach())) > 1e-3
+    # the flash-attn variant carries swift's get_packed_seq_params (sample starts = text position 0)
+    flash = script.qwen_padding_free_batch(model, rows, flash=True)
+    starts = torch.nonzero(free["position_ids"][0, 0] == 0).flatten().tolist()
+    assert flash["cu_seq_lens_q"].tolist() == starts + [sum(lengths)] == [0, *itertools.accumulate(lengths)]
+    assert flash["cu_seq_lens_q"].dtype == torch.int32 and torch.equal(flash["cu_seq_lens_k"], flash["cu_seq_lens_q"])
+    assert flash["max_length_q"] == flash["max_length_k"] == max(lengths)
