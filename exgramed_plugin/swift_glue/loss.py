@@ -16,7 +16,7 @@ import torch
 from swift.loss import BaseLoss, loss_map
 
 from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, unsupported_model_type_error
-from ..settings import LOSS_TYPE
+from ..settings import LOSS_TYPE, current_settings
 from .training_guard import SkippedAlignmentReport, check_finite
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,12 @@ class ExGraMedAlignmentLoss(BaseLoss):
         if self.model is None:
             self.model = _model_with_head(self.trainer.model)
             if self.model is None:
-                raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),
-                                                           "model_type", None))
+                if current_settings().mga.active:
+                    raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),
+                                                               "model_type", None))
+                # alpha 0 (the LLaVA-Med baseline): no module is built, the loss is the LM term alone
+                self.model, self.alpha, self.global_graph = self.trainer.model, 0.0, False
+                return self.model
             head = getattr(self.model, HEAD_ATTRIBUTE)
             self.alpha = float(head.settings.alpha)
             self.global_graph = bool(head.settings.global_graph)

@@ -1,14 +1,20 @@
-"""Test-only swift plugin: each rank saves the local nodes of its first alignment step.
+"""Test-only swift plugin for 2-process CPU runs (loaded after ``exgramed_plugin/register.py`` with
+``--external_plugins``).
 
-Loaded after ``exgramed_plugin/register.py`` with ``--external_plugins``; writes
-``$ALIGNMENT_TEST_NODE_DUMP/rank<r>.pt`` with the image / text / extended nodes (before the
-global-graph gather) and the merged answer ids of the samples they belong to.
+* Each rank saves the local nodes of its first alignment step: ``$ALIGNMENT_TEST_NODE_DUMP/rank<r>.pt``
+  holds the image / text / extended nodes (before the global-graph gather) and the merged answer ids
+  of the samples they belong to.
+* Only process-group rank 0 writes checkpoints. On a CPU/gloo launch HF's ``TrainingArguments``
+  sees a world size of 1, so every rank's ``should_save`` is true and both ranks write the same
+  files; under ZeRO-3 rank 1 writes the partitioned (empty) tensors and, when it finishes last, the
+  checkpoint is unusable. On GPUs only rank 0 saves.
 """
 
 import os
 
 import torch
 from torch import distributed as dist
+from transformers import TrainingArguments
 
 from exgramed_plugin.head.builtin import BuiltinAlignmentHead
 
@@ -33,3 +39,7 @@ def _align(self, network, z_image, z_text, z_extended):
 
 BuiltinAlignmentHead.alignment = _alignment
 BuiltinAlignmentHead.align = _align
+
+_should_save = TrainingArguments.should_save
+TrainingArguments.should_save = property(
+    lambda self: _should_save.fget(self) and (not dist.is_initialized() or dist.get_rank() == 0))

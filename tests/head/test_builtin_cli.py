@@ -101,6 +101,4 @@ def test_full_training_saves_stock_keys_and_resumes_bit_exact(tiny_qwen2_5_vl, t
         for key in expected:
             assert torch.equal(got[key], expected[key]), (name, key)
     assert [r["loss"] for r in train_logs(resumed)] == [r["loss"] for r in train_logs(straight)][1:]
-
-    rows = answers(["--model", str(straight / "checkpoint-3")], tmp_path)  # swift infer ignores the side file
-    assert len(rows) == len(json.loads((DATA_TEMPLATES / "vqa.json").read_text()))
+    # swift infer of a full checkpoint (which ignores the side file): test_builtin_cli_families.py
