@@ -1,6 +1,9 @@
-"""``--loss_type exgra_mga`` on swift's built-in Qwen2.5-VL through the real launchers: LoRA with
-``--modules_to_save mga`` then ``swift infer`` and ``swift export --merge_lora``; full training with
-stock checkpoint keys, the graph network in its side file and a bit-exact resume."""
+"""``--loss_type exgra_mga`` on swift's built-in Qwen2.5-VL through the real launchers: full training
+with stock checkpoint keys, the graph network in its side file and a bit-exact resume.
+
+LoRA with ``--modules_to_save mga``, ``swift infer --adapters`` and ``swift export --merge_lora`` run
+in the 2-process ZeRO-3 acceptance test (tests/distributed/test_zero3_builtin.py); ``swift infer`` of
+a full checkpoint in test_builtin_cli_families.py."""
 
 from __future__ import annotations
 
@@ -58,35 +61,6 @@ def answers(model_args: list[str], cwd: Path) -> list[dict]:
     return [json.loads(line) for line in result_path.read_text().splitlines()]
 
 
-def test_lora_with_mga_then_infer_and_merged_export(tiny_qwen2_5_vl, tmp_path):
-    run = sft(tiny_qwen2_5_vl, tmp_path / "lora", "--tuner_type", "lora", "--modules_to_save", "mga",
-              "--max_steps", "2", "--save_steps", "2")
-    logs = train_logs(run)
-    assert len(logs) == 2
-    for row in logs:
-        for key in ("lm_loss", "align_loss", "matching_accuracy", "hamming_image_to_bary", "hamming_bary_to_text"):
-            assert row[key] == row[key] and abs(row[key]) < 1e6, (key, row)
-        assert row["mga_graph_nodes"] == 3
-    checkpoint = run / "checkpoint-2"
-    adapter = load_file(str(checkpoint / "adapter_model.safetensors"))
-    trained = {key.split("mga.", 1)[1]: value for key, value in adapter.items() if ".mga." in key}
-    assert trained, "the adapter saves the graph network (--modules_to_save mga)"
-
-    rows = answers(["--adapters", str(checkpoint)], tmp_path)  # the adapter's module is built, then loaded
-    questions = json.loads((DATA_TEMPLATES / "vqa.json").read_text())
-    assert [r["id"] for r in rows] == [str(q["id"]) for q in questions]
-    assert all(isinstance(r["response"], str) for r in rows)
-
-    merged = tmp_path / "merged"
-    swift(["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(merged)], cwd=tmp_path)
-    assert weight_keys(merged) == weight_keys(tiny_qwen2_5_vl)  # the stock class's keys, nothing else
-    assert json.loads((merged / "config.json").read_text())["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
-    side = load_file(str(merged / "mga_head.safetensors"))
-    assert set(side) == set(trained)
-    for key, value in trained.items():
-        assert torch.equal(side[key], value), key
-
-
 def test_full_training_saves_stock_keys_and_resumes_bit_exact(tiny_qwen2_5_vl, tmp_path):
     steps = ["--tuner_type", "full", "--max_steps", "3", "--save_steps", "1"]
     straight = sft(tiny_qwen2_5_vl, tmp_path / "straight", *steps)
@@ -101,4 +75,3 @@ def test_full_training_saves_stock_keys_and_resumes_bit_exact(tiny_qwen2_5_vl, t
         for key in expected:
             assert torch.equal(got[key], expected[key]), (name, key)
     assert [r["loss"] for r in train_logs(resumed)] == [r["loss"] for r in train_logs(straight)][1:]
-    # swift infer of a full checkpoint (which ignores the side file): test_builtin_cli_families.py
