@@ -55,39 +55,39 @@ def tiny_tokenizer():
     return build_tokenizer()
 
 
+def _tiny_model(tmp_path_factory, model_type: str) -> Path:
+    from exgramed_plugin.data.tiny_models import make_tiny_model
+    return make_tiny_model(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}") / f"tiny-{model_type}")
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
     """A tiny random swift ``qwen2_5_vl`` checkpoint (load with model_type/template ``qwen2_5_vl``)."""
-    from exgramed_plugin.data.tiny_models import make_tiny_qwen2_5_vl
-    return make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen") / "tiny-qwen2_5_vl")
+    return _tiny_model(tmp_path_factory, "qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_vl(tmp_path_factory) -> Path:
     """A tiny random swift ``qwen3_vl`` checkpoint (model type and template ``qwen3_vl``)."""
-    from exgramed_plugin.data.tiny_models import make_tiny_qwen3_vl
-    return make_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3") / "tiny-qwen3_vl")
+    return _tiny_model(tmp_path_factory, "qwen3_vl")
 
 
 @pytest.fixture(scope="session")
 def tiny_internvl(tmp_path_factory) -> Path:
     """A tiny random swift ``internvl`` (InternVL3-hf layout) checkpoint (template ``internvl_hf``)."""
-    from exgramed_plugin.data.tiny_models import make_tiny_internvl
-    return make_tiny_internvl(tmp_path_factory.mktemp("tiny-internvl") / "tiny-internvl")
+    return _tiny_model(tmp_path_factory, "internvl")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava1_5_hf(tmp_path_factory) -> Path:
     """A tiny random swift ``llava1_5_hf`` checkpoint (model type and template ``llava1_5_hf``)."""
-    from exgramed_plugin.data.tiny_models import make_tiny_llava1_5_hf
-    return make_tiny_llava1_5_hf(tmp_path_factory.mktemp("tiny-llava") / "tiny-llava1_5_hf")
+    return _tiny_model(tmp_path_factory, "llava1_5_hf")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma3_vision(tmp_path_factory) -> Path:
     """A tiny random swift ``gemma3_vision`` checkpoint (model type and template ``gemma3_vision``)."""
-    from exgramed_plugin.data.tiny_models import make_tiny_gemma3_vision
-    return make_tiny_gemma3_vision(tmp_path_factory.mktemp("tiny-gemma3") / "tiny-gemma3_vision")
+    return _tiny_model(tmp_path_factory, "gemma3_vision")
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,14 @@ FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
 SUPPORTED_MODEL_TYPES = ("exgra_med", *FAMILIES)
 
 
+def model_with_head(model: nn.Module) -> nn.Module | None:
+    """The (unwrapped) module that carries the alignment head: exgra_med or a built-in model."""
+    for module in model.modules():
+        if getattr(module, HEAD_ATTRIBUTE, None) is not None:
+            return module
+    return None
+
+
 def unsupported_model_type_error(model_type: str | None) -> ValueError:
     from ..settings import LOSS_TYPE
     return ValueError(f"--loss_type {LOSS_TYPE} does not support model type {model_type!r}; supported model types: "
@@ -99,10 +107,14 @@ def image_feature_rows(output: Any) -> Tensor:
     return output.reshape(-1, output.shape[-1])
 
 
-def zero_image_node(model: nn.Module, processor: Any) -> Tensor:
-    """The image node of a black 32x32 image (processor + ``get_image_features``) ``[hidden]``."""
+def black_image_inputs(processor: Any) -> dict[str, Any]:
+    """The image processor's output for a black 32x32 image (swift's own text-only dummy image)."""
     from PIL import Image
-    media = processor.image_processor(images=[Image.new("RGB", (32, 32), (0, 0, 0))], return_tensors="pt")
+    return dict(processor.image_processor(images=[Image.new("RGB", (32, 32), (0, 0, 0))], return_tensors="pt"))
+
+
+def zero_image_node(model: nn.Module, media: dict[str, Any]) -> Tensor:
+    """The image node of the black image ``media`` (:func:`black_image_inputs`) ``[hidden]``."""
     vision = model.model
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in media.items() if isinstance(value, Tensor)}
@@ -142,7 +154,8 @@ class BuiltinAlignmentHead(AlignmentHead):
         super().__init__(settings)
         self.family = family
         self.processor = processor
-        self.warned_frozen_image_nodes = False
+        self.image_node_training_checked = False
+        self._black_image: dict[str, Any] | None = None
 
     def alignment(self, model: nn.Module, lm_inputs_embeds: Tensor, input_ids: Tensor, batch: dict[str, Tensor]):
         """The alignment output of one training step of ``model``."""
@@ -151,13 +164,16 @@ class BuiltinAlignmentHead(AlignmentHead):
         states = lm_inputs_embeds[mask.to(lm_inputs_embeds.device)]
         tokens_per_image = batch["mga_image_tokens"].tolist()
         images_per_sample = batch["mga_images_per_sample"].tolist()
-        if not self.warned_frozen_image_nodes and not image_node_modules_trainable(model):
-            logger.warning("the image nodes of the alignment come from frozen modules (swift freezes the aligner "
-                           "by default): pass --freeze_aligner false (or --freeze_vit false) to train them (warned once)")
-            self.warned_frozen_image_nodes = True
+        if not self.image_node_training_checked:  # once: requires_grad is set before training starts
+            self.image_node_training_checked = True
+            if not image_node_modules_trainable(model):
+                logger.warning("the image nodes of the alignment come from frozen modules (swift freezes the aligner "
+                               "by default): pass --freeze_aligner false (or --freeze_vit false) to train them")
         zero_node = None
         if any_rank(0 in images_per_sample, input_ids.device):
-            zero_node = zero_image_node(model, self.processor)
+            if self._black_image is None:  # processed once, not at every step that needs it
+                self._black_image = black_image_inputs(self.processor)
+            zero_node = zero_image_node(model, self._black_image)
         z_image = image_nodes(states, tokens_per_image, images_per_sample, zero_node)
         text = self.text_nodes(decoder, batch["mga_text_ids"], batch.get("mga_text_mask"),
                                batch.get("mga_text_lengths"), position_rows=self.family.position_rows)

@@ -78,6 +78,10 @@ def distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def distributed_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` holds on any process: modules some rank runs must run on every rank (ZeRO-3)."""
     if distributed_world() == 1:
@@ -216,7 +220,7 @@ class AlignmentHead:
     def noise_generator(self, global_graph: bool) -> torch.Generator:
         """Seeded per step (and per rank for per-device graphs), never the global RNG."""
         self.calls += 1
-        rank = dist.get_rank() if distributed_world() > 1 and not global_graph else 0
+        rank = 0 if global_graph else distributed_rank()
         seed = (self.settings.seed * 1_000_003 + self.calls * 7919 + rank) % (2 ** 63)
         return torch.Generator().manual_seed(seed)
 

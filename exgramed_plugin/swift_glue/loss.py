@@ -15,19 +15,11 @@ import logging
 import torch
 from swift.loss import BaseLoss, loss_map
 
-from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, unsupported_model_type_error
+from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head, unsupported_model_type_error
 from ..settings import LOSS_TYPE, current_settings
 from .training_guard import SkippedAlignmentReport, check_finite
 
 logger = logging.getLogger(__name__)
-
-
-def _model_with_head(model):
-    """The (unwrapped) model that carries the alignment head: exgra_med, or a built-in one (head/builtin.py)."""
-    for module in model.modules():
-        if getattr(module, HEAD_ATTRIBUTE, None) is not None:
-            return module
-    return None
 
 
 def _graph_network(model):
@@ -46,7 +38,7 @@ class ExGraMedAlignmentLoss(BaseLoss):
 
     def _setup(self):
         if self.model is None:
-            self.model = _model_with_head(self.trainer.model)
+            self.model = model_with_head(self.trainer.model)
             if self.model is None:
                 if current_settings().mga.active:
                     raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),

@@ -24,34 +24,14 @@ from swift.callbacks import TrainerCallback
 from torch import nn
 
 from ..data.jsonio import read_json, write_json
-from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME
+from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head
+from ..head.head import distributed_rank
 from ..head.side_file import load_side_file, side_file_path
+from ..modeling.weight_files import check_weight_files, load_weight_file
 
 logger = logging.getLogger(__name__)
 CALLBACK_NAME = "exgramed_mga_head"
 HEAD_STATE_FILE = "mga_head_state.json"
-
-
-def distributed_rank() -> int:
-    from torch import distributed as dist
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _head_model(model: nn.Module) -> nn.Module | None:
-    for module in model.modules():
-        if getattr(module, HEAD_ATTRIBUTE, None) is not None:
-            return module
-    return None
-
-
-def _checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from ..modeling.weight_files import check_weight_files
-    tensors: dict[str, torch.Tensor] = {}
-    for path in check_weight_files(checkpoint):
-        tensors.update(load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu"))
-    return tensors
 
 
 def restore_stock_weights(model: nn.Module, checkpoint: str | os.PathLike) -> int:
@@ -67,7 +47,9 @@ def restore_stock_weights(model: nn.Module, checkpoint: str | os.PathLike) -> in
     runtime_by_storage = {}
     for key, value in runtime.items():
         runtime_by_storage.setdefault(value.data_ptr(), []).append(key)
-    tensors = _checkpoint_tensors(Path(checkpoint))
+    tensors = {}
+    for path in check_weight_files(checkpoint):
+        tensors.update(load_weight_file(path))
     restored: dict[str, torch.Tensor] = {}
     for saved_key, value in saved_names.items():
         if saved_key in tensors:
@@ -85,7 +67,7 @@ class AlignmentHeadCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         model = kwargs.get("model")
-        target = _head_model(model) if model is not None else None
+        target = model_with_head(model) if model is not None else None
         if target is None or not state.is_world_process_zero or distributed_rank() != 0:
             return  # (HF's process index is 0 on every rank of a CPU/gloo launch: the process group decides)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -95,7 +77,7 @@ class AlignmentHeadCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         resume = getattr(args, "resume_from_checkpoint", None)
         model = kwargs.get("model")
-        target = _head_model(model) if model is not None else None
+        target = model_with_head(model) if model is not None else None
         if not resume or target is None:
             return
         head = getattr(target, HEAD_ATTRIBUTE)

@@ -7,109 +7,26 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from conftest import padded_and_padding_free
+from head_helpers import alignment_rows, assert_nodes_match_references, load_with_head, recorded_nodes
 
 ATOL = 1e-5
 
 
-def _image(path, width: int, height: int, colour: tuple[int, int, int]) -> str:
-    Image.new("RGB", (width, height), colour).save(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    """A two-image row (images of different sizes), a text-only row and a one-image row."""
-    folder = tmp_path_factory.mktemp("images")
-    small = _image(folder / "small.png", 56, 56, (200, 30, 30))
-    wide = _image(folder / "wide.png", 112, 56, (30, 200, 30))
-    tall = _image(folder / "tall.png", 56, 84, (30, 30, 200))
-    return [
-        {"id": "two-images", "images": [small, wide],
-         "messages": [{"role": "user", "content": "<image>\n<image>\nCompare the two scans."},
-                      {"role": "assistant", "content": "The second shows an effusion."}],
-         "extended_answers": ["The second scan shows a pleural effusion at the right base, absent in the first."]},
-        {"id": "text-only", "images": [],
-         "messages": [{"role": "user", "content": "What is an effusion?"},
-                      {"role": "assistant", "content": "Fluid in a body cavity."},
-                      {"role": "user", "content": "Where?"},
-                      {"role": "assistant", "content": "Often the pleura."}],
-         "extended_answers": ["An effusion is an abnormal collection of fluid in a body cavity.",
-                              "It is often found in the pleural space around the lungs."]},
-        {"id": "one-image", "images": [tall],
-         "messages": [{"role": "user", "content": "<image>\nIs there a fracture?"},
-                      {"role": "assistant", "content": "No."}],
-         "extended_answers": ["No, the cortex of the bone is intact and there is no fracture line."]},
-    ]
+    return alignment_rows(tmp_path_factory.mktemp("images"))
 
 
 def _load(checkpoint, **mga):
-    from swift.model import get_model_processor
-    from swift.template import get_template
-
-    from exgramed_plugin.settings import parse_settings, use_settings
-    use_settings(parse_settings({}, mga, loss_type="exgra_mga"))
-    model, processor = get_model_processor(str(checkpoint), model_type="qwen2_5_vl", torch_dtype=torch.float32,
-                                           device_map="cpu")
-    template = get_template(processor, template_type="qwen2_5_vl")
-    template.set_mode("train")
-    template.register_post_encode_hook([model])
-    model.train()
-    for module in model.modules():  # deterministic: no dropout in the nodes or the GNN
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model, template
+    return load_with_head(checkpoint, "qwen2_5_vl", **mga)
 
 
 @pytest.fixture(scope="module")
 def loaded(registered, tiny_qwen2_5_vl):
     return _load(tiny_qwen2_5_vl)
-
-
-def _recorded_nodes(model, batch):
-    """Run the training forward and record the three node sets the graph network receives."""
-    seen = {}
-    original = model.mga.forward
-
-    def record(z_image, z_text, z_extended, **kwargs):
-        seen.update(image=z_image.detach(), text=z_text.detach(), extended=z_extended.detach())
-        return original(z_image, z_text, z_extended, **kwargs)
-
-    model.mga.forward = record
-    try:
-        outputs = model(**batch)
-    finally:
-        del model.mga.forward
-    return outputs, seen
-
-
-def _reference_image_node(model, template, row):
-    """Independent: the mean of the model's own get_image_features output for each image, then over images."""
-    nodes = []
-    for path in row["images"]:
-        template.set_mode("transformers")  # the same image preprocessing, without the training inputs
-        try:
-            encoded = template.encode({"messages": [{"role": "user", "content": "<image>x"}], "images": [path]})
-        finally:
-            template.set_mode("train")
-        with torch.no_grad():
-            output = model.model.get_image_features(encoded["pixel_values"], encoded["image_grid_thw"])
-        features = output.pooler_output if hasattr(output, "pooler_output") else output
-        features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
-        nodes.append(features.mean(dim=0))
-    return torch.stack(nodes).mean(dim=0)
-
-
-def _reference_text_node(model, tokenizer, texts):
-    """Independent: a plain language-model forward of that sample alone, mean over its tokens."""
-    from exgramed_plugin.data.conversation import merge_answers
-    ids = tokenizer.encode(merge_answers(texts), add_special_tokens=False)
-    with torch.no_grad():
-        hidden = model.model.language_model(input_ids=torch.tensor([ids])).last_hidden_state
-    return hidden[0].mean(dim=0)
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -118,30 +35,11 @@ def test_nodes_equal_per_sample_references(registered, tiny_qwen2_5_vl, rows, pa
     batch = template.data_collator([template.encode(row) for row in rows])
     assert ("mga_text_lengths" in batch) == packing and ("mga_text_mask" in batch) == (not packing)
     assert batch["mga_images_per_sample"].tolist() == [2, 0, 1]
-    outputs, seen = _recorded_nodes(model, batch)
+    outputs, seen = recorded_nodes(model, batch)
     assert torch.isfinite(outputs.align_loss) and torch.isfinite(outputs.loss)
     head = model.alignment_head
-    zero = torch.stack([_zero_reference(model, template)])[0]
-    for index, row in enumerate(rows):
-        expected = _reference_image_node(model, template, row) if row["images"] else zero
-        torch.testing.assert_close(seen["image"][index], expected, atol=ATOL, rtol=0)
-        answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
-        torch.testing.assert_close(seen["text"][index], _reference_text_node(model, template.tokenizer, answers),
-                                   atol=ATOL, rtol=0)
-        torch.testing.assert_close(seen["extended"][index],
-                                   _reference_text_node(model, template.tokenizer, row["extended_answers"]),
-                                   atol=ATOL, rtol=0)
+    assert_nodes_match_references(model, "qwen2_5_vl", template, rows, seen, atol=ATOL)
     assert head.family.position_rows == 4  # the M-RoPE text model got [text, t, h, w] positions
-
-
-def _zero_reference(model, template):
-    """A black 32x32 image through the model's processor and get_image_features, mean over its tokens."""
-    media = template.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
-    with torch.no_grad():
-        output = model.model.get_image_features(media["pixel_values"], media["image_grid_thw"])
-    features = output.pooler_output if hasattr(output, "pooler_output") else output
-    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
-    return features.mean(dim=0)
 
 
 def test_packed_text_pass_isolates_samples_under_mrope(loaded):
@@ -187,11 +85,11 @@ def test_padding_free_batch_gives_the_padded_nodes_and_losses(registered, tiny_q
     for key in [k for k in packed if k.startswith(("cu_seq", "max_length"))]:
         packed.pop(key)
     model.alignment_head.calls = 0
-    padded_out, padded_nodes = _recorded_nodes(model, padded)
+    padded_out, padded_nodes = recorded_nodes(model, padded)
     model.alignment_head.calls = 0
     model.config.text_config.use_cache = False  # no cache: sdpa reads the packed samples from the positions
     try:
-        packed_out, packed_nodes = _recorded_nodes(model, packed)
+        packed_out, packed_nodes = recorded_nodes(model, packed)
     finally:
         model.config.text_config.use_cache = True
     for name in ("image", "text", "extended"):
@@ -291,7 +189,7 @@ def test_frozen_image_node_modules_warn_once(loaded, rows, caplog):
     batch = template.data_collator([template.encode(row) for row in rows])
     visual = [p for p in model.model.visual.parameters()]
     states = [p.requires_grad for p in visual]
-    model.alignment_head.warned_frozen_image_nodes = False
+    model.alignment_head.image_node_training_checked = False
     try:
         for parameter in visual:
             parameter.requires_grad_(False)
