@@ -56,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
 DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-vqa": ("exgramed_plugin.eval.eval_vqa", "main",
                  "score answers against a VQA file (original, strict, MedEvalKit metrics)"),
-    "convert": ("exgramed_plugin.modeling.checkpoint", "main",
+    "convert": ("exgramed_plugin.modeling.convert", "main",
                 "convert an original LLaVA-Med / ExGra-Med checkpoint to the plugin or llava-hf layout"),
     "predict": ("exgramed_plugin.eval.predict", "main",
                 "batched greedy VQA answers (answers JSONL of the original, resumable)"),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses import MultiGraphAlignmentOutput
+from .losses import MultiGraphAlignmentOutput, skipped_output
 
 __all__ = ["CONTRASTIVE_OBJECTIVES", "ContrastiveAlignment", "infonce_loss", "siglip_loss", "retrieval_accuracy"]
 
@@ -103,10 +103,8 @@ class ContrastiveAlignment(nn.Module):
         del generator, loss_scale  # no noise and no black-box backward here
         num_nodes = z_image.shape[0]
         if num_nodes < 2:  # a contrastive loss needs negatives; zero with a gradient path, as MGA's skip
-            anchor = z_image.sum() + z_text.sum() + z_extended.sum() + sum(p.sum() for p in self.parameters())
-            nan = torch.full((), float("nan"), device=z_image.device)
-            return MultiGraphAlignmentOutput(loss=(anchor * 0.0).float(), hamming={}, matching_accuracy=nan,
-                                             num_nodes=num_nodes, skipped_reason=f"batch of {num_nodes} sample")
+            return skipped_output({"image": z_image, "text": z_text, "extended": z_extended}, self.parameters(),
+                                  f"batch of {num_nodes} sample")
         loss = self._pair_loss(z_image, z_text)
         if self.use_extended:
             loss = 0.5 * (loss + self._pair_loss(z_image, z_extended))

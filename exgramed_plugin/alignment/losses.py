@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,6 +73,22 @@ class MultiGraphAlignmentOutput:
 MessageFlowName = Literal["original", "standard"]
 _FLOWS = {"original": "source_to_target", "standard": "target_to_source"}
 
+
+
+def skipped_output(nodes: dict[str, Tensor], weights: Iterable[Tensor], reason: str, *,
+                   hamming_names: Sequence[str] = ()) -> MultiGraphAlignmentOutput:
+    """The output of a step whose batch is too small for the loss: zero, with a gradient path.
+
+    Every input node and weight gets a (zero) gradient, so DDP / ZeRO see the same parameters used
+    on every rank whether or not that rank skipped.
+    """
+    logger.debug("alignment loss skipped: %s", reason)
+    anchor = sum(z.sum() for z in nodes.values()) + sum(w.sum() for w in weights)
+    loss = (anchor * 0.0).float()
+    nan = torch.full((), float("nan"), device=loss.device)
+    return MultiGraphAlignmentOutput(loss=loss, hamming={name: nan for name in hamming_names},
+                                     matching_accuracy=nan, num_nodes=next(iter(nodes.values())).shape[0],
+                                     skipped_reason=reason)
 
 class MultiGraphAlignment(nn.Module):
     """The MGA loss: three kNN graphs aligned to their barycenter by black-box graph matching.
@@ -158,19 +175,8 @@ class MultiGraphAlignment(nn.Module):
                 raise ValueError(f"MultiGraphAlignment: the {name} node features contain NaN or infinity")
 
     def _skip(self, nodes: dict[str, Tensor], reason: str) -> MultiGraphAlignmentOutput:
-        logger.debug("MGA skipped: %s", reason)
-        anchor = sum(z.sum() for z in nodes.values())
-        if self.use_message_passing:
-            anchor = anchor + sum(p.sum() for p in self.gnn.parameters())
-        loss = (anchor * 0.0).float()  # zero, but every input and GNN weight gets a (zero) gradient
-        nan = torch.full((), float("nan"), device=loss.device)
-        return MultiGraphAlignmentOutput(
-            loss=loss,
-            hamming={name: nan for name in PROBLEM_NAMES},
-            matching_accuracy=nan,
-            num_nodes=nodes["image"].shape[0],
-            skipped_reason=reason,
-        )
+        weights = self.gnn.parameters() if self.use_message_passing else ()
+        return skipped_output(nodes, weights, reason, hamming_names=PROBLEM_NAMES)
 
     def forward(
         self,

@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from transformers import CLIPImageProcessor, LlamaTokenizerFast
 
+from ..modeling.clip_common import CLIP_MEAN, CLIP_STD
 from ..modeling.configuration import ADDED_TOKENS, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, \
     PAD_TOKEN, ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
 from ..modeling.processing import ExGraMedProcessor
 
 logger = logging.getLogger(__name__)
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def llama_tokenizer_file() -> Path:

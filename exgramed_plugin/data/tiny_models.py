@@ -507,7 +507,7 @@ def make_tiny_llava1_5_hf(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, \
         LlavaProcessor
 
-    from .tiny import CLIP_MEAN, CLIP_STD
+    from ..modeling.clip_common import CLIP_MEAN, CLIP_STD
     out_dir = Path(out_dir)
     tokenizer = build_llava1_5_tokenizer()
     ids = {token: token_id for token_id, token in LLAVA1_5_SPECIAL_TOKENS}

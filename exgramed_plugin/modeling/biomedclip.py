@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig
 
 from ..data.jsonio import read_json
-from .vision import CLIP_MEAN, CLIP_STD, OPEN_CLIP_CONFIG, looks_like_local_path
+from .clip_common import CLIP_MEAN, CLIP_STD, OPEN_CLIP_CONFIG, build_clip_image_processor, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 OPEN_CLIP_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
@@ -153,11 +153,7 @@ def open_clip_image_processor(source: str) -> CLIPImageProcessor:
     preprocess = config.get("preprocess_cfg", {})
     size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
     size = size if isinstance(size, int) else size[0]
-    return CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_resize=True,
-        do_center_crop=True, do_rescale=True, do_normalize=True,
-        image_mean=list(preprocess.get("mean", CLIP_MEAN)), image_std=list(preprocess.get("std", CLIP_STD)),
-        do_convert_rgb=True, resample=3)
+    return build_clip_image_processor(size, mean=preprocess.get("mean", CLIP_MEAN), std=preprocess.get("std", CLIP_STD))
 
 
 def biomed_dense_features(hidden_states: tuple[Tensor, ...], select_layer: int, connector: str,

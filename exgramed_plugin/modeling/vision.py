@@ -16,6 +16,8 @@ from pathlib import Path
 from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+from .biomedclip import OpenClipVisionTower
+from .clip_common import build_clip_image_processor, local_dir, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 VISION_TOWER_PREFIX = "model.vision_tower."
@@ -26,14 +28,6 @@ KNOWN_VISION_HUB_IDS = {
     "clip-vit-large-patch14-336": "openai/clip-vit-large-patch14-336",
     "biomedclip-pubmedbert_256-vit_base_patch16_224": "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
 }
-# CLIPImageProcessor.from_pretrained("openai/clip-vit-large-patch14") (§1.3).
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-
-
-def looks_like_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isabs(source)
 
 
 def load_vision_tower_weights(tower: nn.Module, source: str) -> None:
@@ -53,12 +47,6 @@ def load_vision_tower_weights(tower: nn.Module, source: str) -> None:
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
-def _local_dir(source: str) -> Path | None:
-    """``source`` as an existing local folder, or None (a hub id, or a path that does not exist)."""
-    path = Path(source).expanduser()
-    return path if path.is_dir() else None
-
-
 def resolve_original_vision_tower(configured: str | None, override: str | None, *, config_file: str | os.PathLike,
                                   model_dir: str | os.PathLike | None = None) -> str:
     """The vision-tower source for an original checkpoint (§1.8, §1.9 step 2).
@@ -70,13 +58,13 @@ def resolve_original_vision_tower(configured: str | None, override: str | None, 
     ``openai/clip-vit-large-patch14``, the tower of every published checkpoint, with a warning.
     """
     if override:
-        if looks_like_local_path(override) and _local_dir(override) is None:
+        if looks_like_local_path(override) and local_dir(override) is None:
             raise FileNotFoundError(f"vision tower override {override!r} is a local path that does not exist")
-        return str(Path(override).expanduser()) if _local_dir(override) else override
+        return str(Path(override).expanduser()) if local_dir(override) else override
     if not configured:
         raise ValueError(f"{config_file}: key 'mm_vision_tower' is missing or empty; pass the vision tower with "
                          "--model_kwargs '{\"vision_tower\": \"<dir or hub id>\"}' (swift) or --vision-tower (convert)")
-    if _local_dir(configured):
+    if local_dir(configured):
         return str(Path(configured).expanduser())
     if model_dir is not None and not os.path.isabs(configured) and (Path(model_dir) / configured).is_dir():
         return str(Path(model_dir) / configured)
@@ -89,14 +77,6 @@ def resolve_original_vision_tower(configured: str | None, override: str | None, 
                    "\"<dir or hub id>\"}' (or --vision-tower for exgramed convert) to choose another.",
                    config_file, configured, hub_id)
     return hub_id
-
-
-def is_open_clip_source(source: str) -> bool:
-    """True for BiomedCLIP-style open_clip towers (a folder with open_clip_config.json, or a BiomedCLIP hub id)."""
-    local = _local_dir(source)
-    if local is not None:
-        return (local / OPEN_CLIP_CONFIG).is_file()
-    return "biomedclip" in source.lower()
 
 
 def _hub_error(source: str, error: Exception) -> OSError:
@@ -130,10 +110,7 @@ def clip_image_processor(source: str | None, image_size: int) -> CLIPImageProces
         except OSError:
             logger.info("vision tower %s has no preprocessor config; using the CLIP defaults at %d px", source,
                         image_size)
-    return CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_resize=True, do_center_crop=True, do_rescale=True, do_normalize=True, image_mean=CLIP_MEAN,
-        image_std=CLIP_STD, do_convert_rgb=True, resample=3)
+    return build_clip_image_processor(image_size)
 
 
 def build_vision_tower(config) -> nn.Module:
@@ -142,6 +119,5 @@ def build_vision_tower(config) -> nn.Module:
     ``tower(pixels, output_hidden_states=True).hidden_states``."""
     if getattr(config, "mm_vision_tower_type", "clip") == "open_clip" or \
             getattr(config.vision_config, "open_clip_model_cfg", None) is not None:
-        from .biomedclip import OpenClipVisionTower
         return OpenClipVisionTower(config.vision_config)
     return CLIPVisionModel(config.vision_config)

@@ -28,21 +28,30 @@ class CheckpointError(ValueError):
     """A checkpoint that is not what its config.json claims; the message names the file and the key."""
 
 
-def weight_files(model_dir: str | os.PathLike) -> tuple[list[Path], Path]:
-    """Weight files of a checkpoint and the file to name when a key is missing (the index, if sharded)."""
-    model_dir = Path(model_dir)
+def _weight_index(model_dir: Path) -> tuple[Path, dict[str, str]] | None:
+    """The shard index of a sharded checkpoint and its ``weight_map`` (tensor name -> file), or None."""
     for index_name in WEIGHT_INDEXES:
         index = model_dir / index_name
         if index.is_file():
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: key 'weight_map' is missing")
-            files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
-            for path in files:
-                if not path.is_file():
-                    key = next(k for k, v in weight_map.items() if v == path.name)
-                    raise FileNotFoundError(f"{index}: key {key!r} points to {path.name}, which is missing")
-            return files, index
+            return index, weight_map
+    return None
+
+
+def weight_files(model_dir: str | os.PathLike) -> tuple[list[Path], Path]:
+    """Weight files of a checkpoint and the file to name when a key is missing (the index, if sharded)."""
+    model_dir = Path(model_dir)
+    indexed = _weight_index(model_dir)
+    if indexed is not None:
+        index, weight_map = indexed
+        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
+        for path in files:
+            if not path.is_file():
+                key = next(k for k, v in weight_map.items() if v == path.name)
+                raise FileNotFoundError(f"{index}: key {key!r} points to {path.name}, which is missing")
+        return files, index
     for single in _SINGLE_FILES:
         if (model_dir / single).is_file():
             return [model_dir / single], model_dir / single
@@ -116,11 +125,9 @@ def load_weight_file(path: Path) -> dict[str, Tensor]:
 
 def weight_names(model_dir: str | os.PathLike) -> set[str]:
     """Tensor names stored in a checkpoint folder (safetensors or .bin, sharded or not)."""
-    model_dir = Path(model_dir)
-    for index_name in WEIGHT_INDEXES:
-        index = model_dir / index_name
-        if index.is_file():
-            return set(read_json(index)["weight_map"])
+    indexed = _weight_index(Path(model_dir))
+    if indexed is not None:
+        return set(indexed[1])
     try:
         files, _ = weight_files(model_dir)
     except FileNotFoundError:

@@ -79,7 +79,7 @@ def test_dci_averages_num_l_blocks(folder, tower):
 
 def test_image_processor_uses_the_folder_preprocessing(folder):
     from exgramed_plugin.modeling.biomedclip import open_clip_image_processor
-    from exgramed_plugin.modeling.vision import is_open_clip_source
+    from exgramed_plugin.modeling.clip_common import is_open_clip_source
     processor = open_clip_image_processor(str(folder[0]))
     assert list(processor.image_mean) == MEAN and list(processor.image_std) == STD
     assert processor.crop_size == {"height": 32, "width": 32}
@@ -99,7 +99,7 @@ def test_original_checkpoint_with_a_biomedclip_tower(registered, folder, tmp_pat
     from torch.nn import functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from exgramed_plugin.modeling.checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
     from original_layout import (END, HEADS, HIDDEN, INTERMEDIATE, LAYERS, PATCH, START, VOCAB, original_state_dict,
                                  write_original_checkpoint)
     path, open_clip_model = folder

@@ -113,7 +113,7 @@ def test_plugin_layout_keeps_the_original_tokenization(plugin_dir, original, tow
 
 @pytest.fixture(scope="module")
 def llava_hf_dir(registered, original, tower, tmp_path_factory) -> Path:
-    from exgramed_plugin.modeling.checkpoint import main
+    from exgramed_plugin.modeling.convert import main
     dst = tmp_path_factory.mktemp("converted") / "llava-hf"
     assert main(["--src", str(original), "--dst", str(dst), "--vision-tower", str(tower), "--to", "llava-hf"]) == 0
     return dst
@@ -145,7 +145,7 @@ def test_llava_hf_loads_as_swift_llava1_5_hf(llava_hf_dir):
 
 
 def test_dci_checkpoint_refuses_llava_hf(registered, tower, tmp_path):
-    from exgramed_plugin.modeling.checkpoint import convert_to_llava_hf
+    from exgramed_plugin.modeling.convert import convert_to_llava_hf
     src = write_original_checkpoint(tmp_path / "dci", str(tower), mm_hidden_size=48, gnn=False)
     with pytest.raises(ValueError, match="dense connector"):
         convert_to_llava_hf(src, tmp_path / "out")

@@ -141,7 +141,7 @@ def test_dci_variant_matches_the_reference_forward(registered, original_dci, tow
 
 
 def test_safetensors_weights_load_the_same(registered, tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import load_original
+    from exgramed_plugin.modeling.original_checkpoint import load_original
     ck = write_original_checkpoint(tmp_path / "st", str(tower), safetensors=True)
     model, _ = load_original(ck)
     ids = torch.tensor([[2, 5, START, *[PATCH] * NUM_PATCHES, END, 6]])
@@ -177,7 +177,7 @@ def legacy_template(registered, original, tower):
 
 def test_legacy_tokenization_around_image_tokens_golden_ids(sp, tower, original):
     from exgramed_plugin.data.conversation import Segment, tokenize_segments
-    from exgramed_plugin.modeling.checkpoint import load_original_tokenizer
+    from exgramed_plugin.modeling.original_tokenizer import load_original_tokenizer
     tokenizer = load_original_tokenizer(original)
     text = "Hello world\n<im_start><im_patch><im_patch><im_end>\n### Assistant: the lesion\n###"
     ids, _ = tokenize_segments(tokenizer, [Segment(text)], bos_token_id=tokenizer.bos_token_id,
@@ -230,13 +230,13 @@ def test_authors_path_falls_back_to_the_hub_id_with_a_message(caplog):
 
 
 def test_missing_override_path_is_an_error(original):
-    from exgramed_plugin.modeling.checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
     with pytest.raises(FileNotFoundError, match="/nowhere/clip"):
         OriginalCheckpoint.open(original, vision_tower="/nowhere/clip")
 
 
 def test_gnn_keys_map_to_the_mga_module_or_are_dropped():
-    from exgramed_plugin.modeling.checkpoint import map_original_keys
+    from exgramed_plugin.modeling.original_checkpoint import map_original_keys
     state = {"model.message_pass_node_features.conv1.lin_rel.weight": torch.zeros(1),
              "model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(1), "lm_head.weight": torch.zeros(1)}
     origin = {k: Path("pytorch_model-00001-of-00002.bin") for k in state}
@@ -266,7 +266,8 @@ def _broken_copy(tmp_path: Path, tower: Path, **kwargs) -> Path:
 
 
 def test_missing_projector_names_file_and_key(tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import CheckpointError, load_original
+    from exgramed_plugin.modeling.original_checkpoint import load_original
+    from exgramed_plugin.modeling.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     index = json.loads((ck / "pytorch_model.bin.index.json").read_text())
     shard = index["weight_map"].pop("model.mm_projector.2.weight")
@@ -279,7 +280,8 @@ def test_missing_projector_names_file_and_key(tmp_path, tower):
 
 
 def test_wrong_hidden_size_names_file_and_key(tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import CheckpointError, load_original
+    from exgramed_plugin.modeling.original_checkpoint import load_original
+    from exgramed_plugin.modeling.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     config = json.loads((ck / "config.json").read_text())
     config["hidden_size"] = 32
@@ -290,7 +292,8 @@ def test_wrong_hidden_size_names_file_and_key(tmp_path, tower):
 
 
 def test_mm_hidden_size_not_matching_the_tower_names_file_and_key(tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import CheckpointError, OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower, mm_hidden_size=20)
     with pytest.raises(CheckpointError, match=r"config\.json: key 'mm_hidden_size' is 20"):
         OriginalCheckpoint.open(ck)
@@ -298,7 +301,7 @@ def test_mm_hidden_size_not_matching_the_tower_names_file_and_key(tmp_path, towe
 
 @pytest.mark.parametrize("name", ["special_tokens_map.json", "tokenizer.model", "added_tokens.json"])
 def test_missing_tokenizer_file_is_named(tmp_path, tower, name):
-    from exgramed_plugin.modeling.checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
     ck = _broken_copy(tmp_path, tower)
     (ck / name).unlink()
     with pytest.raises(FileNotFoundError, match=name.replace(".", r"\.")):
@@ -306,7 +309,8 @@ def test_missing_tokenizer_file_is_named(tmp_path, tower, name):
 
 
 def test_added_tokens_without_image_patch_names_file_and_key(tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import CheckpointError, OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     (ck / "added_tokens.json").write_text(json.dumps({"[PAD]": 32000}))
     with pytest.raises(CheckpointError, match=r"added_tokens\.json: key '<im_patch>'"):
@@ -314,7 +318,8 @@ def test_added_tokens_without_image_patch_names_file_and_key(tmp_path, tower):
 
 
 def test_missing_config_key_is_named(tmp_path, tower):
-    from exgramed_plugin.modeling.checkpoint import CheckpointError, OriginalCheckpoint
+    from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
+    from exgramed_plugin.modeling.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     config = json.loads((ck / "config.json").read_text())
     del config["mm_hidden_size"]
