@@ -55,39 +55,20 @@ def tiny_tokenizer():
     return build_tokenizer()
 
 
-def _tiny_model(tmp_path_factory, model_type: str) -> Path:
-    from exgramed_plugin.data.tiny_models import make_tiny_model
-    return make_tiny_model(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}") / f"tiny-{model_type}")
+def _tiny_model_fixture(model_type: str, note: str):
+    """A session fixture building a tiny random swift ``model_type`` checkpoint: one body for every type."""
+    def fixture(tmp_path_factory) -> Path:
+        from exgramed_plugin.data.tiny_models import make_tiny_model
+        return make_tiny_model(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}") / f"tiny-{model_type}")
+    fixture.__doc__ = f"A tiny random swift ``{model_type}`` checkpoint ({note})."
+    return pytest.fixture(scope="session", name=f"tiny_{model_type}")(fixture)
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
-    """A tiny random swift ``qwen2_5_vl`` checkpoint (load with model_type/template ``qwen2_5_vl``)."""
-    return _tiny_model(tmp_path_factory, "qwen2_5_vl")
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3_vl(tmp_path_factory) -> Path:
-    """A tiny random swift ``qwen3_vl`` checkpoint (model type and template ``qwen3_vl``)."""
-    return _tiny_model(tmp_path_factory, "qwen3_vl")
-
-
-@pytest.fixture(scope="session")
-def tiny_internvl(tmp_path_factory) -> Path:
-    """A tiny random swift ``internvl`` (InternVL3-hf layout) checkpoint (template ``internvl_hf``)."""
-    return _tiny_model(tmp_path_factory, "internvl")
-
-
-@pytest.fixture(scope="session")
-def tiny_llava1_5_hf(tmp_path_factory) -> Path:
-    """A tiny random swift ``llava1_5_hf`` checkpoint (model type and template ``llava1_5_hf``)."""
-    return _tiny_model(tmp_path_factory, "llava1_5_hf")
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma3_vision(tmp_path_factory) -> Path:
-    """A tiny random swift ``gemma3_vision`` checkpoint (model type and template ``gemma3_vision``)."""
-    return _tiny_model(tmp_path_factory, "gemma3_vision")
+tiny_qwen2_5_vl = _tiny_model_fixture("qwen2_5_vl", "load with model_type/template ``qwen2_5_vl``")
+tiny_qwen3_vl = _tiny_model_fixture("qwen3_vl", "model type and template ``qwen3_vl``")
+tiny_internvl = _tiny_model_fixture("internvl", "InternVL3-hf layout; template ``internvl_hf``")
+tiny_llava1_5_hf = _tiny_model_fixture("llava1_5_hf", "model type and template ``llava1_5_hf``")
+tiny_gemma3_vision = _tiny_model_fixture("gemma3_vision", "model type and template ``gemma3_vision``")
 
 
 @pytest.fixture(scope="module")

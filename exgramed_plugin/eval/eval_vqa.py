@@ -204,6 +204,15 @@ def load_vqa_questions(path: str | Path) -> list[VQAQuestion]:
     return [_question_from_row(row, path, position) for position, row in enumerate(rows)]
 
 
+def _original_or_swift(row: dict[str, Any], original: str, swift: str, missing: str) -> Any:
+    """The original's column when the row has it, else swift's; ``missing`` is the error otherwise."""
+    if original in row:
+        return row[original]
+    if swift in row:
+        return row[swift]
+    raise ValueError(missing)
+
+
 def load_answers(path: str | Path) -> list[PredictedAnswer]:
     """Read answers JSONL: original rows (``question_id``, ``text``) or swift infer rows.
 
@@ -212,18 +221,9 @@ def load_answers(path: str | Path) -> list[PredictedAnswer]:
     answers = []
     for position, (_, row) in enumerate(read_json_or_jsonl(path)):
         where = f"{path}: row {position}"
-        if "question_id" in row:
-            question_id = row["question_id"]
-        elif "id" in row:
-            question_id = row["id"]
-        else:
-            raise ValueError(f"{where}: needs 'question_id' or 'id' to pair it with the ground truth")
-        if "text" in row:
-            text = row["text"]
-        elif "response" in row:
-            text = row["response"]
-        else:
-            raise ValueError(f"{where}: needs 'text' or 'response'")
+        question_id = _original_or_swift(
+            row, "question_id", "id", f"{where}: needs 'question_id' or 'id' to pair it with the ground truth")
+        text = _original_or_swift(row, "text", "response", f"{where}: needs 'text' or 'response'")
         answers.append(PredictedAnswer(id=str(question_id), text="" if text is None else str(text)))
     return answers
 

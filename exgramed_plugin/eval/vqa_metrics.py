@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 # --------------------------------------------------------------------------------------------------
@@ -391,6 +391,55 @@ def bleu_scores(pred: str, gt: str) -> dict[str, float]:
     return scores
 
 
+@dataclass(frozen=True)
+class _MetricSet:
+    """The per-question metrics of one convention: both sets run one pipeline, so their keys line up."""
+
+    prepare: Callable[[str], str]  # raw string -> what the metric functions below receive
+    closed_hit: Callable[[str, str], float]
+    prf: Callable[[str, str], tuple[float, float, float]]  # (f1, precision, recall)
+    exact_match: Callable[[str, str], float]
+    bleu_text: Callable[[str], str]  # prepared string -> what BLEU tokenises
+    open_hit: Callable[[str, str, NormalizedCandidates], float]
+
+
+def _score_pair(
+    metrics: _MetricSet,
+    pred_text: str,
+    gt_text: str,
+    answer_type: str,
+    candidates: NormalizedCandidates | None,
+) -> dict[str, float]:
+    """``run_eval.evaluate``'s per-question pipeline with the metrics of one convention."""
+    pred = metrics.prepare(pred_text)
+    gt = metrics.prepare(gt_text)
+    if answer_type == "CLOSED":
+        return {"closed_hit": metrics.closed_hit(pred, gt)}
+    if answer_type != "OPEN":
+        raise ValueError(f"answer_type must be OPEN or CLOSED, got {answer_type!r}")
+    f1, precision, recall = metrics.prf(pred, gt)
+    scores = {
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+        "exact_match": metrics.exact_match(pred, gt),
+        **bleu_scores(metrics.bleu_text(pred), metrics.bleu_text(gt)),
+    }
+    if candidates is not None:
+        scores["open_hit"] = metrics.open_hit(pred, gt, candidates)
+    return scores
+
+
+_ORIGINAL = _MetricSet(
+    prepare=prepare_original,
+    closed_hit=closed_hit_original,
+    prf=calculate_f1score,
+    exact_match=exact_match_original,
+    bleu_text=lambda text: text,
+    open_hit=open_accuracy_original,
+)
+
+
 def score_pair_original(
     pred_text: str,
     gt_text: str,
@@ -398,23 +447,7 @@ def score_pair_original(
     candidates: NormalizedCandidates | None = None,
 ) -> dict[str, float]:
     """All original per-question metrics from raw strings, as ``run_eval.evaluate`` computes them."""
-    pred = prepare_original(pred_text)
-    gt = prepare_original(gt_text)
-    if answer_type == "CLOSED":
-        return {"closed_hit": closed_hit_original(pred, gt)}
-    if answer_type != "OPEN":
-        raise ValueError(f"answer_type must be OPEN or CLOSED, got {answer_type!r}")
-    f1, precision, recall = calculate_f1score(pred, gt)
-    scores = {
-        "recall": recall,
-        "precision": precision,
-        "f1": f1,
-        "exact_match": exact_match_original(pred, gt),
-        **bleu_scores(pred, gt),
-    }
-    if candidates is not None:
-        scores["open_hit"] = open_accuracy_original(pred, gt, candidates)
-    return scores
+    return _score_pair(_ORIGINAL, pred_text, gt_text, answer_type, candidates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,6 +523,16 @@ def open_accuracy_strict(
     return 1.0 if best_candidate(prediction, normalized) == normalize_word_strict(gt_text) else 0.0
 
 
+_STRICT = _MetricSet(
+    prepare=lambda text: text,  # the strict functions take raw strings
+    closed_hit=closed_hit_strict,
+    prf=token_prf_strict,
+    exact_match=exact_match_strict,
+    bleu_text=normalize_word_strict,
+    open_hit=open_accuracy_strict,
+)
+
+
 def score_pair_strict(
     pred_text: str,
     gt_text: str,
@@ -497,21 +540,7 @@ def score_pair_strict(
     candidates: NormalizedCandidates | None = None,
 ) -> dict[str, float]:
     """All strict per-question metrics from raw strings (same keys as ``score_pair_original``)."""
-    if answer_type == "CLOSED":
-        return {"closed_hit": closed_hit_strict(pred_text, gt_text)}
-    if answer_type != "OPEN":
-        raise ValueError(f"answer_type must be OPEN or CLOSED, got {answer_type!r}")
-    f1, precision, recall = token_prf_strict(pred_text, gt_text)
-    scores = {
-        "recall": recall,
-        "precision": precision,
-        "f1": f1,
-        "exact_match": exact_match_strict(pred_text, gt_text),
-        **bleu_scores(normalize_word_strict(pred_text), normalize_word_strict(gt_text)),
-    }
-    if candidates is not None:
-        scores["open_hit"] = open_accuracy_strict(pred_text, gt_text, candidates)
-    return scores
+    return _score_pair(_STRICT, pred_text, gt_text, answer_type, candidates)
 
 
 def mean_percent(values: Sequence[float]) -> float | None:

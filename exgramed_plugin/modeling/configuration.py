@@ -13,7 +13,9 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, LlamaConfig
 
-DENSE_CONNECTOR_TYPES = ("none", "sci", "dci", "sti")
+from ..settings import DENSE_CONNECTORS, MGASettings
+
+DENSE_CONNECTOR_TYPES = DENSE_CONNECTORS
 IMAGE_PATCH_TOKEN = "<im_patch>"
 IMAGE_START_TOKEN = "<im_start>"
 IMAGE_END_TOKEN = "<im_end>"
@@ -21,6 +23,7 @@ PAD_TOKEN = "[PAD]"
 # The order in which the original LLaVA-7b-v0 lineage added its tokens (ids 32000..32003).
 ADDED_TOKENS = (PAD_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 _MLP_GELU = re.compile(r"^mlp(\d+)x_gelu$")
+_MGA_DEFAULTS = MGASettings()
 
 
 @strict
@@ -60,23 +63,26 @@ class ExGraMedConfig(LlamaConfig):
     im_start_token_id: int | None = None
     im_end_token_id: int | None = None
     mm_legacy_tokenization: bool = False
-    # Multi-graph alignment (method-spec §3); the module exists only when mga_enabled.
-    mga_enabled: bool = False
-    mga_alpha: float = 1.0
-    mga_k: int = 5
-    mga_lambda: float = 80.0
-    mga_gumbel_scale: float = 0.05
-    mga_solver: str = "auto"
-    mga_hidden_features: int | None = None
-    mga_message_flow: str = "original"
-    mga_use_message_passing: bool = True
-    mga_fidelity: bool = False
-    mga_pooling: str = "masked"
-    mga_after_de: bool = True
-    mga_text_packing: bool = True  # text passes packed without padding (modeling/text_packing.py); false: padded
-    mga_global_graph: bool = False
-    mga_seed: int = 0
-    mga_objective: str = "mga"  # "mga", or a pairwise baseline "infonce" / "siglip" (alignment/contrastive.py)
+    # Multi-graph alignment (method-spec §3); the module exists only when mga_enabled. The defaults are
+    # MGASettings' so that a config without an mga_* key trains as an unset MGA_* variable would.
+    mga_enabled: bool = _MGA_DEFAULTS.enabled
+    mga_alpha: float = _MGA_DEFAULTS.alpha
+    mga_k: int = _MGA_DEFAULTS.k
+    mga_lambda: float = _MGA_DEFAULTS.lambda_val
+    mga_gumbel_scale: float = _MGA_DEFAULTS.gumbel_scale
+    mga_solver: str = _MGA_DEFAULTS.solver
+    mga_hidden_features: int | None = _MGA_DEFAULTS.hidden_features
+    mga_message_flow: str = _MGA_DEFAULTS.message_flow
+    mga_use_message_passing: bool = _MGA_DEFAULTS.use_message_passing
+    mga_fidelity: bool = _MGA_DEFAULTS.fidelity
+    mga_pooling: str = _MGA_DEFAULTS.pooling
+    mga_after_de: bool = _MGA_DEFAULTS.after_de
+    # text passes packed without padding (modeling/text_packing.py); false: padded
+    mga_text_packing: bool = _MGA_DEFAULTS.text_packing
+    mga_global_graph: bool = _MGA_DEFAULTS.global_graph
+    mga_seed: int = _MGA_DEFAULTS.seed
+    # "mga", or a pairwise baseline "infonce" / "siglip" (alignment/contrastive.py)
+    mga_objective: str = _MGA_DEFAULTS.objective
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.vision_config, dict):

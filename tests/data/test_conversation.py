@@ -20,23 +20,25 @@ def test_image_block_counts_patches():
     assert image_block(3, use_im_start_end=False) == "<im_patch><im_patch><im_patch>"
 
 
-def test_training_text_single_turn_vqa():
-    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "no"}]
+@pytest.mark.parametrize("messages, expected, trained", [
+    pytest.param(
+        [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "no"}],
+        SYSTEM + "\n\n### Human: Is there evidence of an aortic aneurysm? (Answer with either \"Yes\" or "
+        "\"No\").\n<im_start><im_patch><im_patch><im_end>\n### Assistant: no\n### ",
+        "no\n###",
+        id="single_turn_vqa"),
+    pytest.param(
+        [{"role": "user", "content": "<image>\nWhat is shown?"}, {"role": "assistant", "content": "A CT."},
+         {"role": "user", "content": "Which organ?"}, {"role": "assistant", "content": "The liver."}],
+        SYSTEM + "\n\n### Human: <im_start><im_patch><im_patch><im_end>\nWhat is shown?\n### Assistant: A CT."
+        "\n### Human: Which organ?\n### Assistant: The liver.\n### ",
+        "A CT.\n###The liver.\n###",
+        id="multi_turn_masks_each_answer_and_its_separator"),
+])
+def test_training_text(messages, expected, trained):
     segments = training_segments(messages, SYSTEM, IMG)
-    expected = (SYSTEM + "\n\n### Human: Is there evidence of an aortic aneurysm? (Answer with either \"Yes\" or "
-                "\"No\").\n<im_start><im_patch><im_patch><im_end>\n### Assistant: no\n### ")
     assert "".join(s.text for s in segments) == expected
-    assert _trained_text(segments) == "no\n###"
-
-
-def test_training_text_multi_turn_masks_each_answer_and_its_separator():
-    messages = [{"role": "user", "content": "<image>\nWhat is shown?"}, {"role": "assistant", "content": "A CT."},
-                {"role": "user", "content": "Which organ?"}, {"role": "assistant", "content": "The liver."}]
-    segments = training_segments(messages, SYSTEM, IMG)
-    expected = (SYSTEM + "\n\n### Human: <im_start><im_patch><im_patch><im_end>\nWhat is shown?\n### Assistant: A CT."
-                "\n### Human: Which organ?\n### Assistant: The liver.\n### ")
-    assert "".join(s.text for s in segments) == expected
-    assert _trained_text(segments) == "A CT.\n###The liver.\n###"
+    assert _trained_text(segments) == trained
 
 
 def test_inference_prompt_is_the_simple_template():
