@@ -6,7 +6,10 @@ with real files next to their images (the hub cache stores symlinks into ``blobs
 image paths resolve against the JSON file's real folder). So every repo is fetched into the hub
 cache with ``huggingface_hub.snapshot_download`` (resumable, offline-aware), then data repos are
 mirrored into the data root with hard links (a copy only across file systems), archives are
-extracted, and the expected files are checked.
+extracted, and the expected files are checked. ``snapshot_download(local_dir=...)`` is not used for
+the placing: offline it only returns an already filled ``local_dir`` and never copies a cached
+snapshot there (huggingface_hub 1.x), and placing from the cache offline is what an air-gapped
+machine needs.
 
 Assumptions (the repos' file lists are not in the method spec; method-spec §4.1 only names the JSON
 files): the VQA repos hold ``{train,val,test}_w_options_new.json`` at their top level with the
@@ -14,9 +17,10 @@ images in folders or archives beside them (``.zip``/``.tar[.gz]`` archives are e
 ``Extended-Caption-GPT`` holds the ``llava_med_*_2_conversations.json`` files (images: the LLaVA-Med
 PMC images, not in that repo). What does not match is reported, never guessed around.
 
-No network: with ``HF_HUB_OFFLINE=1``, or when the hub endpoint does not answer within a few seconds,
-only the local cache is used, and a repo that is not there stops the command at once with a message
-naming the repo id and how to place its files by hand.
+No network: with ``HF_HUB_OFFLINE=1``, or when the hub endpoint does not answer an HTTP request of
+huggingface_hub's own session within a few seconds, only the local cache is used, and a repo that
+is not there stops the command at once with a message naming the repo id and how to place its
+files by hand.
 """
 
 from __future__ import annotations
@@ -26,14 +30,12 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .data.jsonio import JsonFileError, read_json
 
@@ -117,15 +119,22 @@ def default_data_root() -> Path:
 
 
 def hub_is_reachable(timeout: float = NETWORK_PROBE_TIMEOUT_S) -> bool:
-    """A TCP connection to the hub endpoint within ``timeout`` (no request is sent)."""
+    """The hub endpoint answers a ``HEAD`` within ``timeout`` s, sent through huggingface_hub's own
+    session (so ``HF_ENDPOINT``, proxies and headers are the downloads' ones). In offline mode
+    (``HF_HUB_OFFLINE=1``) the library refuses the request at once: False without any traffic.
+    Any HTTP answer counts: a hub that is up but failing is left to ``snapshot_download``'s own
+    fallback to the cache. The name lookup is not bounded by ``timeout``; callers that must not
+    block run this in a thread (``exgramed doctor``)."""
+    import httpx
     from huggingface_hub import constants
-    parsed = urlparse(constants.ENDPOINT)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import get_session
+
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except (OfflineModeIsEnabled, httpx.HTTPError, OSError):
         return False
+    return True
 
 
 def manual_placement_hint(repo: HubRepo, cache_dir: Path | None, data_root: Path) -> str:
@@ -140,7 +149,7 @@ def manual_placement_hint(repo: HubRepo, cache_dir: Path | None, data_root: Path
                      f"{', '.join(repo.expected_files[:3])}{', ...' if len(repo.expected_files) > 3 else ''}; "
                      "the registered dataset names then work without this command), or")
     else:
-        lines.append(f"  * pass the folder itself as `--model <folder>`, or")
+        lines.append("  * pass the folder itself as `--model <folder>`, or")
     lines.append(f"  * lay it out as the hub cache: {cache}/{prefix}--{repo.repo_id.replace('/', '--')}/"
                  "snapshots/<commit>/<files> with refs/main holding <commit>, and rerun this command.")
     return "\n".join(lines)

@@ -1,28 +1,28 @@
-"""A small client for OpenAI-compatible ``/v1/chat/completions`` endpoints, with bounded retries.
+"""A client for OpenAI-compatible ``/v1/chat/completions`` endpoints with a fixed attempt budget.
 
-Why our own and not the ``openai`` package: the original scripts retried forever (extended captions)
-or for 30 silent rounds (chat review); here every request has a fixed attempt budget, a backoff we
-can shrink in tests, and a typed error that says what went wrong, so callers can record failures
-instead of looping. It speaks plain HTTP(S) with the standard library, so it works against OpenAI,
-OpenRouter, vLLM, ``swift deploy`` or any other server of that protocol.
+Why a wrapper around the ``openai`` package: the original scripts retried forever (extended
+captions) or for 30 silent rounds (chat review). Here the package speaks HTTP (OpenAI, OpenRouter,
+vLLM, ``swift deploy`` or any other server of that protocol), while every request gets a fixed
+number of attempts, a backoff we can shrink in tests, and one typed error that says what went wrong
+(URL, HTTP status, reply body), so callers can record failures instead of looping. The package's
+own retries are switched off: they neither count attempts for us nor retry the statuses and
+unusable replies we retry.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import random
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exgramed_plugin.data.jsonio import read_jsonl
+import openai
+from openai.types.chat import ChatCompletion
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 # HTTP statuses worth retrying: timeouts, conflicts, rate limits, server errors.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 500
+_ENDPOINT = "/chat/completions"
+# openai.OpenAI insists on a key; with this one and the Authorization header omitted per request,
+# a server without authentication gets no header at all (and no key is read from the environment).
+_NO_KEY = "no-api-key"
 
 
 class ChatRequestError(RuntimeError):
@@ -58,14 +62,14 @@ def chat_completions_url(base_url: str) -> str:
     or the full endpoint.
     """
     url = base_url.rstrip("/")
-    if url.endswith("/chat/completions"):
+    if url.endswith(_ENDPOINT):
         return url
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"not an http(s) URL: {base_url!r}")
     if parsed.path in ("", "/"):
         url += "/v1"
-    return url + "/chat/completions"
+    return url + _ENDPOINT
 
 
 def is_loopback_url(url: str) -> bool:
@@ -95,6 +99,19 @@ def api_key_from_env(name: str = DEFAULT_API_KEY_ENV) -> str | None:
     return value or None
 
 
+def _first_choice_text(completion: Any) -> tuple[str, str | None]:
+    """``(content, finish_reason)`` of the first choice; ValueError/TypeError/IndexError otherwise."""
+    if not isinstance(completion, ChatCompletion):
+        raise TypeError(f"reply is a JSON {type(completion).__name__}, not an object")
+    if not completion.choices:
+        raise IndexError("reply has no choices")
+    choice = completion.choices[0]
+    content = None if choice.message is None else choice.message.content
+    if not isinstance(content, str):
+        raise TypeError(f"message content is {type(content).__name__}, not a string")
+    return content, choice.finish_reason
+
+
 @dataclass
 class ChatClient:
     """Bounded-retry client: ``max_attempts`` HTTP tries per call, exponential backoff between them.
@@ -103,6 +120,8 @@ class ChatClient:
     ``choices[0].message.content``. Not retried: other 4xx (a bad request stays bad). The delay
     before try ``k+1`` is ``min(backoff_max, backoff_base * 2**(k-1))`` times a jitter in [0.5, 1]
     from a per-client RNG (never the global one); ``backoff_base=0`` disables waiting (tests).
+    ``api_key=None`` sends no Authorization header; loopback servers are reached without the
+    ``http(s)_proxy`` of the environment.
     """
 
     base_url: str
@@ -115,16 +134,19 @@ class ChatClient:
     seed: int | None = None
     sleep: Callable[[float], None] = time.sleep
     _url: str = field(init=False, repr=False)
-    _opener: urllib.request.OpenerDirector = field(init=False, repr=False)
+    _client: openai.OpenAI = field(init=False, repr=False)
+    _headers: dict[str, Any] = field(init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self._url = chat_completions_url(self.base_url)
-        # Loopback servers are reached directly even when http(s)_proxy is set in the environment.
-        handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(self._url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        # trust_env=False: loopback servers are reached directly even when http(s)_proxy is set.
+        http_client = openai.DefaultHttpxClient(trust_env=False) if is_loopback_url(self._url) else None
+        self._client = openai.OpenAI(base_url=self._url[: -len(_ENDPOINT)], api_key=self.api_key or _NO_KEY,
+                                     max_retries=0, timeout=self.timeout, http_client=http_client)
+        self._headers = {} if self.api_key else {"Authorization": openai.omit}
         self._rng = random.Random(self.seed)
 
     @property
@@ -136,51 +158,32 @@ class ChatClient:
             return 0.0
         return min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * (0.5 + 0.5 * self._rng.random())
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self._url, data=json.dumps(payload).encode("utf-8"), headers=headers,
-                                         method="POST")
-        with self._opener.open(request, timeout=self.timeout) as response:
-            body = response.read()
-        data = json.loads(body.decode("utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("reply is not a JSON object")
-        return data
-
     def chat(self, messages: Sequence[dict[str, Any]], *, temperature: float | None = None,
-             max_tokens: int | None = None, extra: dict[str, Any] | None = None) -> ChatReply:
-        """Send one chat request; returns the first choice's text or raises :class:`ChatRequestError`."""
-        payload: dict[str, Any] = {"model": self.model, "messages": list(messages)}
-        if temperature is not None:
-            payload["temperature"] = temperature
-        if max_tokens is not None:
-            payload["max_tokens"] = max_tokens
-        payload.update(extra or {})
+             max_tokens: int | None = None) -> ChatReply:
+        """Send one chat request; returns the first choice's text or raises :class:`ChatRequestError`.
+
+        ``temperature`` / ``max_tokens`` None are not sent (the server's defaults apply).
+        """
         last_error = "no attempt made"
+        status: int | None = None
         for attempt in range(1, self.max_attempts + 1):
-            status: int | None = None
+            status = None
             try:
-                data = self._post(payload)
-                choice = data["choices"][0]
-                content = choice["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError(f"message content is {type(content).__name__}, not a string")
-                return ChatReply(content=content, attempts=attempt, finish_reason=choice.get("finish_reason"),
-                                 raw=data)
-            except urllib.error.HTTPError as error:
-                status = error.code
-                try:
-                    body = error.read().decode("utf-8", "replace")[:MAX_ERROR_BODY]
-                except OSError:
-                    body = ""
-                last_error = f"HTTP {error.code} from {self._url}: {body}"
-                if error.code not in RETRY_STATUSES:
+                completion = self._client.chat.completions.create(
+                    model=self.model, messages=list(messages),
+                    temperature=openai.omit if temperature is None else temperature,
+                    max_tokens=openai.omit if max_tokens is None else max_tokens, extra_headers=self._headers)
+                content, finish_reason = _first_choice_text(completion)
+                return ChatReply(content=content, attempts=attempt, finish_reason=finish_reason,
+                                 raw=completion.model_dump(exclude_unset=True))
+            except openai.APIStatusError as error:
+                status = error.status_code
+                last_error = f"HTTP {status} from {self._url}: {error.response.text[:MAX_ERROR_BODY]}"
+                if status not in RETRY_STATUSES:
                     raise ChatRequestError(last_error, attempts=attempt, status=status) from error
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-                last_error = f"cannot reach {self._url}: {getattr(error, 'reason', error)}"
-            except (ValueError, KeyError, IndexError, TypeError) as error:
+            except openai.APIConnectionError as error:  # APITimeoutError included
+                last_error = f"cannot reach {self._url}: {error.__cause__ or error}"
+            except (ValueError, IndexError, TypeError, AttributeError) as error:  # JSONDecodeError: a ValueError
                 last_error = f"unusable reply from {self._url}: {type(error).__name__}: {error}"
             if attempt < self.max_attempts:
                 delay = self._delay(attempt)
@@ -190,68 +193,3 @@ class ChatClient:
                     self.sleep(delay)
         raise ChatRequestError(f"gave up after {self.max_attempts} attempt(s): {last_error}",
                                attempts=self.max_attempts, status=status)
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared by the LLM tools: crash-safe JSONL progress files and a bounded thread pool.
-# --------------------------------------------------------------------------------------------------
-
-
-def read_jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a JSONL progress file (none if it does not exist yet); a torn last line (crash
-    mid-write) is skipped with a warning, a bad line anywhere else is an error naming its position."""
-    if not os.path.exists(path):
-        return []
-    return [record for _, record in read_jsonl(path, drop_torn_last_line=True)]
-
-
-def run_concurrently(items: Sequence[Any], worker: Callable[[Any], Any], on_result: Callable[[Any, Any], None], *,
-                     concurrency: int, desc: str, show_progress: bool | None = None) -> bool:
-    """Run ``worker(item)`` on a pool of ``concurrency`` threads; ``on_result(item, result)`` runs in
-    the calling thread as results arrive (one writer, no locks). Returns True when interrupted.
-
-    On Ctrl-C, queued items are cancelled and the requests already in flight are waited for and
-    handed to ``on_result`` too, so their answers are not lost; a second Ctrl-C abandons them.
-    ``show_progress=None`` shows a tqdm bar only on a terminal.
-    """
-    from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="exgramed-llm")
-    futures: dict[Future, Any] = {pool.submit(worker, item): item for item in items}
-    handled: set[Future] = set()
-    bar = tqdm(total=len(futures), desc=desc, disable=(None if show_progress is None else not show_progress),
-               dynamic_ncols=True)
-    try:
-        for future in as_completed(futures):
-            result = future.result()
-            handled.add(future)  # before on_result: a Ctrl-C inside it must not hand the result over twice
-            on_result(futures[future], result)
-            bar.update(1)
-        pool.shutdown(wait=True)
-        return False
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        in_flight = [f for f in futures if f not in handled and not f.cancelled()]
-        logger.warning("interrupted: waiting for %d request(s) in flight (Ctrl-C again to abandon them)",
-                       len(in_flight))
-        try:
-            for future in in_flight:
-                try:
-                    result = future.result()
-                except BaseException:  # noqa: BLE001 (a worker that died with the interrupt)
-                    continue
-                handled.add(future)
-                on_result(futures[future], result)
-                bar.update(1)
-        except KeyboardInterrupt:
-            logger.warning("abandoned the requests in flight")
-        return True
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        bar.close()

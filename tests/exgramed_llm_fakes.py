@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,7 +24,8 @@ def completion(content: str, model: str = "recorded") -> dict[str, Any]:
 
 
 class RecordedServer:
-    """Serves ``/v1/chat/completions`` from ``responder`` and records every request body.
+    """Serves ``/v1/chat/completions`` from ``responder`` and records every request body and its
+    headers (looked up case-insensitively, as HTTP header names are).
 
     ``hold_after=N``: requests after the first N are held (not answered) until :meth:`release`, so a
     test can interrupt a client at a known point however fast or slow the machine is.
@@ -35,7 +37,7 @@ class RecordedServer:
         self.hold_after = hold_after
         self._released = threading.Event()
         self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[Message] = []
         self._lock = threading.Lock()
         owner = self
 
@@ -62,7 +64,7 @@ class RecordedServer:
                 with owner._lock:
                     position = len(owner.requests)
                     owner.requests.append(payload)
-                    owner.headers.append(dict(self.headers))
+                    owner.headers.append(self.headers)
                 if owner.hold_after is not None and position >= owner.hold_after:
                     owner._released.wait(timeout=120)
                 if self.path != "/v1/chat/completions":

@@ -106,3 +106,30 @@ def test_names_and_groups():
     assert len(select_repos(["checkpoints"])) == 9 and len(select_repos(["data"])) == 4
     with pytest.raises(ValueError, match="unknown repo"):
         select_repos(["nope"])
+
+
+def test_hub_probe_is_refused_offline_and_bounded_online(monkeypatch):
+    """The probe goes through huggingface_hub's session: offline it sends nothing, online a silent
+    endpoint costs at most the timeout and an answering one (any status) is reachable."""
+    import socket
+
+    from exgramed_llm_fakes import RecordedServer
+    from huggingface_hub import constants
+
+    from exgramed_plugin.hub import hub_is_reachable
+    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.setblocking(False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert constants.HF_HUB_OFFLINE  # set by conftest
+        assert hub_is_reachable(timeout=2.0) is False
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # no connection was attempted
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        started = time.monotonic()
+        assert hub_is_reachable(timeout=0.5) is False
+        assert time.monotonic() - started < 3
+    with RecordedServer(lambda request: (200, "")) as server:  # answers HEAD with 501: still an answer
+        monkeypatch.setattr(constants, "ENDPOINT", server.base_url.removesuffix("/v1"))
+        assert hub_is_reachable(timeout=5.0) is True

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from exgramed_plugin.data.extend_captions import main as extend_main
+from exgramed_plugin.data.jsonio import read_jsonl_records
 from exgramed_plugin.eval.chat_judge import main as chat_main
-from exgramed_plugin.openai_client import read_jsonl_records
 
 pytestmark = pytest.mark.slow
 

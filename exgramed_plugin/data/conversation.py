@@ -11,15 +11,21 @@ Inference (§2.3, ``simple``; the prompt ends with ``###`` and the model continu
 
 Label mask (a deliberate fix of §2.6): exactly each assistant answer plus the ``\\n###`` that ends
 it are trained; the original's tokenizer-dependent drift is not reproduced.
+
+The names of the data formats' conversation fields (``from`` values, the ``conversations`` /
+``conversations_long`` pairs, the ``<image>`` tag) live here too, so every reader and converter
+uses the same ones. The light data CLIs (``subset``, ``extend-captions``, ...) import them, so the
+image-token strings of ``modeling.configuration`` (which pulls transformers and torch) are only
+imported when a prompt is built or tokenized.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
-from ..modeling.configuration import ADDED_TOKENS, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+from typing import Any
 
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -27,7 +33,21 @@ SIMPLE_FEW_SHOT = "Human: Hi!###Assistant: Hi there!  How can I help you today?\
 SEPARATOR = "###"
 IMAGE_TAG = "<image>"
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
-_SPECIAL_TOKEN_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
+# LLaVA-Med rows: turn ``from`` value -> chat role, and the (short, extended) conversation fields;
+# the misspelled ``conversatons`` pair of the released files is accepted as a pair (method-spec §4.1).
+ROLE_FROM = {"human": "user", "gpt": "assistant"}
+CONVERSATION_PAIRS = (("conversations", "conversations_long"), ("conversatons", "conversatons_long"))
+
+
+def find_conversation_pair(row: dict[str, Any]) -> tuple[str, str] | None:
+    """The (short, extended) field names of the first pair whose short field ``row`` has, or None."""
+    return next((pair for pair in CONVERSATION_PAIRS if row.get(pair[0]) is not None), None)
+
+
+@functools.cache
+def _special_token_pattern() -> re.Pattern[str]:
+    from ..modeling.configuration import ADDED_TOKENS
+    return re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,7 @@ class Segment:
 
 def image_block(num_image_tokens: int, use_im_start_end: bool = True) -> str:
     """What one ``<image>`` becomes: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>`` (§1.6)."""
+    from ..modeling.configuration import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
     patches = IMAGE_PATCH_TOKEN * num_image_tokens
     return f"{IMAGE_START_TOKEN}{patches}{IMAGE_END_TOKEN}" if use_im_start_end else patches
 
@@ -111,7 +132,7 @@ def tokenize_segments(
     trainable_chars = [flag for s in segments for flag in [s.trainable] * len(s.text)]
     input_ids: list[int] = [] if bos_token_id is None else [bos_token_id]
     labels: list[int] = [] if bos_token_id is None else [-100]
-    pieces = _SPECIAL_TOKEN_PATTERN.split(text)
+    pieces = _special_token_pattern().split(text)
     offset = 0
     for index, piece in enumerate(pieces):
         start, end = offset, offset + len(piece)
@@ -137,18 +158,17 @@ def tokenize_segments(
     return input_ids, labels
 
 
-_MERGE_REMOVED = ("\n", IMAGE_PATCH_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN)
-
-
 def merge_answers(answers: Sequence[str]) -> str:
     """All answers of a sample as one text, as ``merge_sentences_preprocess`` built it (§3.1).
 
     ``"\n"`` and the image tokens are removed and the answers joined with ``". "``; answers that
     already end in a period therefore produce ``".. "``, exactly as in the original.
     """
+    from ..modeling.configuration import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+
     cleaned = []
     for answer in answers:
-        for token in _MERGE_REMOVED:
+        for token in ("\n", IMAGE_PATCH_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN):
             answer = answer.replace(token, "")
         cleaned.append(answer)
     return ". ".join(cleaned)

@@ -40,14 +40,14 @@ Extended answers (``conversations_long``) are a deterministic rewriting, not an 
 ``extended = short answer + " " + fixed description of the source + " " + description of the
 variant`` (see :func:`extend_answer`). All randomness comes from ``numpy.random.default_rng([seed,
 source index])``; the global RNGs are never touched.
+
+This module builds the rows and files; the source images (packages, licences, DICOM decoding) are
+in :mod:`exgramed_plugin.data.demo_sources` and the variants in :mod:`exgramed_plugin.data.demo_variants`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -56,8 +56,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from .conversation import IMAGE_TAG
+from .demo_sources import SOURCES, DemoSource, load_source, package_version, resolve_source_file
+from .demo_variants import describe_variant, draw_derivation, render
 from .jsonio import read_json, write_json
 
 __all__ = [
@@ -83,174 +85,6 @@ VQA_TEST_FILE = "test_w_options_new.json"
 CANDIDATE_FILE = "candidate.json"
 SOURCES_FILE = "sources.json"
 IMAGES_DIR = "images"
-
-_PYDICOM_LICENCE = "MIT"
-_PYDICOM_DATA_LICENCE = "MIT"
-_SKIMAGE_LICENCE = "BSD-3-Clause"
-_NEMA_NOTE = (
-    "NEMA WG04 DICOM compression test image (ftp://medical.nema.org/MEDICAL/Dicom/DataSets/WG04/), "
-    "redistributed by pydicom; its test_files/README.txt: 'I believe there is no restriction on "
-    "using any of these files in this manner.'"
-)
-
-
-@dataclass(frozen=True)
-class DemoSource:
-    """One real image inside an installed PyPI package, and the facts its questions rest on."""
-
-    key: str
-    distribution: str  # PyPI name, for error messages and sources.json
-    module: str  # importable top-level module that holds the file
-    file: str  # path relative to the module's directory
-    modality: str  # OPEN answer to "what modality"
-    organ: str  # OPEN answer to "which organ"
-    licence: str  # licence of the distribution
-    provenance: str  # where the image itself comes from, per the package's own documentation
-    caption: str  # short caption (LLaVA-Med style gpt answer)
-    description: str  # one factual sentence used to extend answers
-    not_no: frozenset[str] = frozenset()  # organs visible too, never used for a "no" question
-
-    @property
-    def file_in_package(self) -> str:
-        """Path as it appears inside the installed wheel (``<module>/<file>``)."""
-        return f"{self.module}/{self.file}"
-
-
-SOURCES: tuple[DemoSource, ...] = (
-    DemoSource(
-        key="xray_chest",
-        distribution="pydicom-data",
-        module="data_store",
-        file="data/RG1_UNCI.dcm",
-        modality="x-ray",
-        organ="chest",
-        licence=_PYDICOM_DATA_LICENCE,
-        provenance=_NEMA_NOTE + " DICOM: Modality CR, BodyPartExamined CHEST.",
-        caption="Frontal chest radiograph.",
-        description=(
-            "It is a frontal computed radiograph of the chest, in which the air-filled lungs "
-            "appear dark and the ribs, spine and heart appear bright."
-        ),
-        not_no=frozenset({"spine", "shoulder"}),
-    ),
-    DemoSource(
-        key="xray_leg",
-        distribution="pydicom-data",
-        module="data_store",
-        file="data/RG3_UNCI.dcm",
-        modality="x-ray",
-        organ="leg",
-        licence=_PYDICOM_DATA_LICENCE,
-        provenance=_NEMA_NOTE
-        + " DICOM: Modality CR, BodyPartExamined EXTREMITY, StudyDescription 'Non-ossifying "
-        "fibroma of distal tibia'.",
-        caption="Radiograph of the lower leg.",
-        description=(
-            "It is a computed radiograph of the lower leg showing the tibia and fibula down to the "
-            "ankle; the study is labelled as a non-ossifying fibroma of the distal tibia."
-        ),
-    ),
-    DemoSource(
-        key="ct_spine",
-        distribution="pydicom",
-        module="pydicom",
-        file="data/test_files/CT_small.dcm",
-        modality="ct",
-        organ="spine",
-        licence=_PYDICOM_LICENCE,
-        provenance=_NEMA_NOTE + " Downsized by pydicom to 128x128 from CT1_UNC.",
-        caption="Axial CT slice through a vertebra.",
-        description=(
-            "It is an axial computed tomography slice through a thoracic vertebral body and its "
-            "spinal canal, with the aorta in front of the spine."
-        ),
-        not_no=frozenset({"chest"}),
-    ),
-    DemoSource(
-        key="ct_head",
-        distribution="pydicom-data",
-        module="data_store",
-        file="data/693_UNCI.dcm",
-        modality="ct",
-        organ="head",
-        licence=_PYDICOM_DATA_LICENCE,
-        provenance="pydicom regression data set for issue #693 (uncompressed version); DICOM: "
-        "Modality CT, SeriesDescription '5/5mm Plain'.",
-        caption="Axial non-contrast CT of the head.",
-        description=(
-            "It is an axial non-contrast computed tomography slice of the head, in which the skull "
-            "appears as a bright ring around the brain."
-        ),
-        not_no=frozenset({"eye"}),
-    ),
-    DemoSource(
-        key="mri_head",
-        distribution="pydicom",
-        module="pydicom",
-        file="data/test_files/MR_small.dcm",
-        modality="mri",
-        organ="head",
-        licence=_PYDICOM_LICENCE,
-        provenance=_NEMA_NOTE + " Downsized by pydicom to 64x64 from MR1_UNC.",
-        caption="Axial T2-weighted MRI of the head.",
-        description=(
-            "It is an axial, heavily T2-weighted 3D spin-echo magnetic resonance slice of the head "
-            "(TR 4000 ms, TE 240 ms), in which fluid appears bright."
-        ),
-        not_no=frozenset({"eye"}),
-    ),
-    DemoSource(
-        key="mri_shoulder",
-        distribution="pydicom-data",
-        module="data_store",
-        file="data/MR2_UNCI.dcm",
-        modality="mri",
-        organ="shoulder",
-        licence=_PYDICOM_DATA_LICENCE,
-        provenance=_NEMA_NOTE + " DICOM: Modality MR, StudyDescription SHOULDER, T1W/SE.",
-        caption="T1-weighted MRI of the shoulder.",
-        description=(
-            "It is a T1-weighted spin-echo magnetic resonance image of the shoulder showing the "
-            "humeral head and the surrounding muscles."
-        ),
-        not_no=frozenset({"chest"}),
-    ),
-    DemoSource(
-        key="fundus_eye",
-        distribution="scikit-image",
-        module="skimage",
-        file="data/retina.jpg",
-        modality="fundus photograph",
-        organ="eye",
-        licence=_SKIMAGE_LICENCE,
-        provenance="skimage.data.retina(): 'Fundus photograph of normal left eye' by Mikael "
-        "Haggstrom, Wikimedia Commons, CC0 1.0 public domain dedication (per the skimage "
-        "docstring).",
-        caption="Fundus photograph of the retina.",
-        description=(
-            "It is a colour fundus photograph of a normal left eye showing the optic disc, the "
-            "macula and the retinal blood vessels."
-        ),
-        not_no=frozenset({"head"}),
-    ),
-    DemoSource(
-        key="histology_colon",
-        distribution="scikit-image",
-        module="skimage",
-        file="data/ihc.png",
-        modality="histology",
-        organ="colon",
-        licence=_SKIMAGE_LICENCE,
-        provenance="skimage.data.immunohistochemistry(): colonic glands, FHL2 revealed with DAB, "
-        "hematoxylin counterstain; acquired at the Center for Microscopy And Molecular Imaging "
-        "(CMMI); 'No known copyright restrictions' (per the skimage docstring).",
-        caption="Immunohistochemistry of colonic glands.",
-        description=(
-            "It is a histology section of colonic glands stained by immunohistochemistry, with the "
-            "brown DAB signal marking FHL2 protein and blue hematoxylin counterstain."
-        ),
-    ),
-)
 
 _MODALITY_QUESTIONS = (
     "What imaging modality is shown?",
@@ -298,138 +132,8 @@ class DemoData:
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading the real images
+# Rows
 # --------------------------------------------------------------------------------------------------
-
-
-def _resolve_source_file(module: str, distribution: str, file: str) -> Path:
-    """Find ``file`` inside an installed package, or fail loudly (never substitute an image)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"make_demo_data needs the PyPI package {distribution!r} (module {module!r}) for its "
-            f"bundled image {file!r}; install it with `pip install {distribution}`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / file
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{distribution} {_version(distribution)} is installed but does not contain {file!r} "
-            f"(looked at {path}); install a version that ships it, e.g. `pip install -U "
-            f"{distribution}`."
-        )
-    return path
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _window_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Window to the 1st-99th percentile and scale to uint8: robust to each file's value range."""
-    arr = pixels.astype(np.float64)
-    lo, hi = np.percentile(arr, [1.0, 99.0])
-    if hi <= lo:  # flat image: avoid dividing by zero
-        hi = lo + 1.0
-    scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
-
-
-def _load_dicom(path: Path) -> Image.Image:
-    """Decode an uncompressed one-frame greyscale DICOM to RGB (MONOCHROME1 inverted)."""
-    try:
-        import pydicom
-    except ImportError as exc:  # pragma: no cover - pydicom is a declared dependency
-        raise ModuleNotFoundError(
-            "make_demo_data needs the PyPI package 'pydicom' to decode DICOM files; install it "
-            "with `pip install pydicom`."
-        ) from exc
-    ds = pydicom.dcmread(path)
-    pixels = ds.pixel_array
-    if pixels.ndim != 2:
-        raise ValueError(f"{path.name}: expected one greyscale frame, got shape {pixels.shape}")
-    grey = _window_to_uint8(pixels)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        grey = 255 - grey  # MONOCHROME1: low values are bright
-    return Image.fromarray(np.stack([grey] * 3, axis=-1))  # HxWx3 uint8 -> RGB
-
-
-def _load_source(source: DemoSource) -> Image.Image:
-    path = _resolve_source_file(source.module, source.distribution, source.file)
-    if path.suffix.lower() == ".dcm":
-        return _load_dicom(path)
-    with Image.open(path) as im:  # same pixels as skimage.data.<name>() without importing skimage
-        return im.convert("RGB")
-
-
-# --------------------------------------------------------------------------------------------------
-# Deterministic variants
-# --------------------------------------------------------------------------------------------------
-
-
-def _draw_derivation(rng: np.random.Generator, width: int, height: int) -> dict[str, Any]:
-    """Draw rotation + square crop + mirror; plain ints/bools so sources.json records it exactly."""
-    short = min(width, height)
-    side = int(rng.integers(int(0.6 * short), int(0.9 * short) + 1))
-    left = int(rng.integers(0, width - side + 1))
-    top = int(rng.integers(0, height - side + 1))
-    return {
-        "rotate_degrees": int(rng.integers(-10, 11)),
-        "crop_box": [left, top, left + side, top + side],
-        "mirror_left_right": bool(rng.integers(0, 2)),
-    }
-
-
-def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    scale = size / min(width, height)
-    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    return image.resize(new_size, resample=Image.Resampling.LANCZOS)
-
-
-def _render(image: Image.Image, derivation: dict[str, Any], size: int) -> Image.Image:
-    """Apply a derivation and resize so the short side is ``size``.
-
-    The rotation is about the crop centre and is done at twice the output resolution on a padded
-    crop only (rotating a 2000 px radiograph at full resolution would cost ~0.1 s per variant).
-    """
-    if not derivation:
-        return _resize_short_side(image, size)
-    left, top, right, bottom = derivation["crop_box"]
-    side = right - left
-    work = 2 * size
-    out: Image.Image
-    if derivation["rotate_degrees"]:
-        pad = math.ceil(side * (math.sqrt(2.0) - 1.0) / 2.0) + 2  # room for the rotated corners
-        region = image.crop((left - pad, top - pad, right + pad, bottom + pad))  # black outside
-        scaled = round((side + 2 * pad) * work / side)
-        region = region.resize((scaled, scaled), resample=Image.Resampling.LANCZOS)
-        region = region.rotate(
-            derivation["rotate_degrees"], resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)
-        )
-        offset = (scaled - work) // 2
-        out = region.crop((offset, offset, offset + work, offset + work))
-    else:
-        out = image.crop((left, top, right, bottom)).resize(
-            (work, work), resample=Image.Resampling.LANCZOS
-        )
-    if derivation["mirror_left_right"]:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return out.resize((size, size), resample=Image.Resampling.LANCZOS)
-
-
-def _describe_variant(derivation: dict[str, Any]) -> str:
-    """The variant part of an extended answer; keeps the extended answers of variants distinct."""
-    if not derivation:
-        return "This view shows the whole image."
-    parts = ["This view is a square crop of the image"]
-    if derivation["rotate_degrees"]:
-        parts.append(f", rotated by {derivation['rotate_degrees']} degrees")
-    if derivation["mirror_left_right"]:
-        parts.append(", mirrored left to right")
-    return "".join(parts) + "."
 
 
 def extend_answer(answer: str, source: DemoSource, derivation: dict[str, Any]) -> str:
@@ -439,12 +143,7 @@ def extend_answer(answer: str, source: DemoSource, derivation: dict[str, Any]) -
     an LLM: the demo must be offline and byte-identical everywhere; the MGA loss only needs an
     extended text that is longer than, and consistent with, the short answer.
     """
-    return f"{answer} {source.description} {_describe_variant(derivation)}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Rows
-# --------------------------------------------------------------------------------------------------
+    return f"{answer} {source.description} {describe_variant(derivation)}"
 
 
 @dataclass(frozen=True)
@@ -466,7 +165,7 @@ def _vqa(row_id: str, image: str, question: str, answer: str, closed: bool) -> d
         "image": image,
         "answer_type": "CLOSED" if closed else "OPEN",
         "conversations": [
-            {"from": "human", "value": f"{question}{options}\n<image>"},
+            {"from": "human", "value": f"{question}{options}\n{IMAGE_TAG}"},
             {"from": "gpt", "value": answer},
         ],
     }
@@ -507,7 +206,7 @@ def _alignment_rows(records: Sequence[_ImageRecord]) -> list[dict[str, Any]]:
     for i, rec in enumerate(records):
         src = rec.source
         prompt = _CAPTION_PROMPTS[rec.rng_pick[0] % len(_CAPTION_PROMPTS)]
-        turns: list[tuple[str, str]] = [(f"<image>\n{prompt}", src.caption)]
+        turns: list[tuple[str, str]] = [(f"{IMAGE_TAG}\n{prompt}", src.caption)]
         if i % 3 >= 1:
             turns.append((_MODALITY_QUESTIONS[rec.rng_pick[0]], _MODALITY_SENTENCE[src.modality]))
         if i % 3 == 2:
@@ -571,7 +270,7 @@ def make_demo_data(
     images_dir = root / IMAGES_DIR
     # Resolve every source first: a missing package fails before anything is written.
     for src in SOURCES:
-        _resolve_source_file(src.module, src.distribution, src.file)
+        resolve_source_file(src.module, src.distribution, src.file)
     root.mkdir(parents=True, exist_ok=True)
     _remove_previous_images(root)
     images_dir.mkdir(exist_ok=True)
@@ -579,9 +278,9 @@ def make_demo_data(
     records: list[_ImageRecord] = []
     for index, src in enumerate(SOURCES):
         rng = np.random.default_rng([seed, index])
-        base = _load_source(src)
+        base = load_source(src)
         for variant in range(VARIANTS_PER_SOURCE):
-            derivation = {} if variant == 0 else _draw_derivation(rng, *base.size)
+            derivation = {} if variant == 0 else draw_derivation(rng, *base.size)
             picks = (
                 int(rng.integers(len(_MODALITY_QUESTIONS))),
                 int(rng.integers(len(_ORGAN_QUESTIONS))),
@@ -589,7 +288,7 @@ def make_demo_data(
                 int(rng.integers(2)),
                 int(rng.integers(1 << 16)),
             )
-            image = _render(base, derivation, image_size)
+            image = render(base, derivation, image_size)
             rel_path = f"{IMAGES_DIR}/{src.key}_v{variant}.png"
             image.save(root / rel_path, format="PNG")
             split = "test" if variant in TEST_VARIANTS else "train"
@@ -657,7 +356,7 @@ def _sources_manifest(
         "rng": "numpy.random.default_rng([seed, index of the source in SOURCES])",
         "packages": {
             dist: {
-                "version": _version(dist),
+                "version": package_version(dist),
                 "licence": next(r.source.licence for r in records if r.source.distribution == dist),
             }
             for dist in distributions
@@ -667,7 +366,7 @@ def _sources_manifest(
                 "image": r.rel_path,
                 "split": r.split,
                 "source_package": r.source.distribution,
-                "package_version": _version(r.source.distribution),
+                "package_version": package_version(r.source.distribution),
                 "file_in_package": r.source.file_in_package,
                 "modality": r.source.modality,
                 "organ": r.source.organ,

@@ -33,20 +33,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import JsonlAppender, read_json, write_json, write_jsonl
-from exgramed_plugin.openai_client import (
-    ChatClient,
-    ChatRequestError,
-    add_client_arguments,
-    api_key_from_env,
-    read_jsonl_records,
-    run_concurrently,
-)
+from exgramed_plugin.concurrency import run_concurrently
+from exgramed_plugin.data.conversation import find_conversation_pair
+from exgramed_plugin.data.jsonio import JsonlAppender, read_json, read_jsonl_records, write_json, write_jsonl
+from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
 PROMPT_RESOURCE = "prompts/extend_caption.txt"
-_CONVERSATION_PAIRS = (("conversations", "conversations_long"), ("conversatons", "conversatons_long"))
 MAX_RECORDED_REPLY = 2000
 
 STATUS_OK = "ok"
@@ -92,7 +86,8 @@ class TurnItem:
 
 
 def _conversation_key(row: dict[str, Any]) -> str | None:
-    return next((pair[0] for pair in _CONVERSATION_PAIRS if row.get(pair[0]) is not None), None)
+    pair = find_conversation_pair(row)
+    return None if pair is None else pair[0]
 
 
 def load_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[TurnItem]]:

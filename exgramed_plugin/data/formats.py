@@ -20,13 +20,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .conversation import check_turns
+from .conversation import IMAGE_TAG, ROLE_FROM, check_turns, find_conversation_pair
 
 # Extra columns that must survive swift's column filtering (added to RowPreprocessor.standard_keys).
 EXTRA_COLUMNS = ("id", "answer_type", "extended_answers")
 IMAGE_ROOT_ENV = "EXGRAMED_IMAGE_ROOT"
-_ROLE_FROM = {"human": "user", "gpt": "assistant"}
-_CONVERSATION_PAIRS = (("conversations", "conversations_long"), ("conversatons", "conversatons_long"))
 
 
 class DataFormatError(ValueError):
@@ -70,7 +68,7 @@ def _turns_from_llava(turns: Any, source: str | None, row_id: Any, field: str) -
     for index, turn in enumerate(turns):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise DataFormatError(f"{_where(source, row_id, field)}: turn {index} needs 'from' and 'value'")
-        role = _ROLE_FROM.get(turn["from"])
+        role = ROLE_FROM.get(turn["from"])
         if role is None:
             raise DataFormatError(f"{_where(source, row_id, field)}: turn {index} has from={turn['from']!r}, "
                                   "expected 'human' or 'gpt'")
@@ -91,7 +89,7 @@ def llava_row_to_standard(row: dict[str, Any], source: str | None = None, image_
                           row_index: int | None = None) -> dict[str, Any]:
     """One LLaVA-Med / VQA row → ``{"messages", "images", "id", "answer_type", "extended_answers"}``."""
     row_id = row.get("id", f"#{row_index}" if row_index is not None else None)
-    pair = next((p for p in _CONVERSATION_PAIRS if row.get(p[0]) is not None), None)
+    pair = find_conversation_pair(row)
     if pair is None:
         raise DataFormatError(f"{_where(source, row_id, 'conversations')}: missing (also tried 'conversatons')")
     messages = _turns_from_llava(row[pair[0]], source, row_id, pair[0])
@@ -160,7 +158,7 @@ def _images_of(row: dict[str, Any], source: str | None, row_id: Any, image_root:
 
 
 def _check_image_tags(messages: list[dict[str, str]], images: list[str], source: str | None, row_id: Any) -> None:
-    tags = sum(m["content"].count("<image>") for m in messages if m["role"] == "user")
+    tags = sum(m["content"].count(IMAGE_TAG) for m in messages if m["role"] == "user")
     if images and tags == 0:
         return  # swift's template adds the tag in front of the first question
     if tags != len(images):
@@ -169,7 +167,7 @@ def _check_image_tags(messages: list[dict[str, str]], images: list[str], source:
 
 def detect_format(row: dict[str, Any]) -> str:
     """``llava`` (conversations/from/value) or ``messages`` (swift's standard)."""
-    if any(row.get(key) is not None for key in ("conversations", "conversatons")):
+    if find_conversation_pair(row) is not None:
         return "llava"
     if row.get("messages") is not None:
         return "messages"

@@ -132,6 +132,14 @@ def read_jsonl(path: str | os.PathLike, *, drop_torn_last_line: bool = False) ->
     return _jsonl_rows(path, _read_text(path), drop_torn_last_line)
 
 
+def read_jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a :class:`JsonlAppender` progress file: none if it does not exist yet (a first
+    run), a torn last line (crash mid-write) dropped with a warning, a bad line anywhere else an error."""
+    if not os.path.exists(path):
+        return []
+    return [record for _, record in read_jsonl(path, drop_torn_last_line=True)]
+
+
 def _jsonl_rows(path: str | os.PathLike, text: str, drop_torn_last_line: bool) -> list[JsonRow]:
     lines = text.split("\n")
     rows: list[JsonRow] = []

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.conversation import ROLE_FROM, find_conversation_pair
 from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
-_ROLE_FROM = {"human": "user", "gpt": "assistant"}
-_FROM_ROLE = {"user": "human", "assistant": "gpt"}
-_CONVERSATION_PAIRS = (("conversations", "conversations_long"), ("conversatons", "conversatons_long"))
+_FROM_ROLE = {role: speaker for speaker, role in ROLE_FROM.items()}
 IMAGE_PATH_MODES = ("rebase", "keep", "absolute")
 
 
@@ -167,9 +166,9 @@ def subset_main(argv: list[str] | None = None) -> int:
 
 
 def _first_answer(row: dict[str, Any], source: str, index: int) -> str:
-    turns = row.get("conversations", row.get("conversatons"))
-    if turns is not None:
-        answers = [t.get("value") for t in turns if t.get("from") == "gpt"]
+    pair = find_conversation_pair(row)
+    if pair is not None:
+        answers = [t.get("value") for t in row[pair[0]] if t.get("from") == "gpt"]
     elif "messages" in row:
         answers = [m.get("content") for m in row["messages"] if m.get("role") == "assistant"]
     else:
@@ -238,13 +237,13 @@ def _convert_image_path(path: str, source_dir: Path, out_dir: Path, mode: str, i
 
 def llava_row_to_swift(row: dict[str, Any], *, where: str, image_fn=lambda p: p) -> dict[str, Any]:
     """LLaVA-Med/VQA row -> swift row; unknown keys are kept so the conversion is reversible."""
-    pair = next((p for p in _CONVERSATION_PAIRS if row.get(p[0]) is not None), None)
+    pair = find_conversation_pair(row)
     if pair is None:
         raise ValueError(f"{where}: no 'conversations' (or 'conversatons')")
     turns = row[pair[0]]
     messages = []
     for index, turn in enumerate(turns):
-        role = _ROLE_FROM.get(turn.get("from"))
+        role = ROLE_FROM.get(turn.get("from"))
         if role is None:
             raise ValueError(f"{where}: turn {index} has from={turn.get('from')!r}, expected 'human' or 'gpt'")
         value = turn.get("value")

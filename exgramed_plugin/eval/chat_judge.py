@@ -24,15 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.concurrency import run_concurrently
+from exgramed_plugin.data.conversation import IMAGE_TAG
 from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
-from exgramed_plugin.openai_client import (
-    ChatClient,
-    ChatRequestError,
-    add_client_arguments,
-    api_key_from_env,
-    run_concurrently,
-)
+from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ INSTRUCT_PROMPT = (
     "following lines explain your rating, without letting the order in which the answers were shown affect it."
 )
 ROLE = "Assistant"
-IMAGE_SUFFIX = "\n<image>"
+IMAGE_SUFFIX = f"\n{IMAGE_TAG}"
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
 QUESTION_TYPES = ("conversation", "detailed_description")
 OVERALL = "overall"

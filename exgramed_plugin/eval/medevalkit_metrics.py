@@ -541,7 +541,8 @@ def judge_with_client(client: ChatClient, requests: Sequence[tuple[str, str, str
                       concurrency: int = 8) -> tuple[list[str | None], list[int]]:
     """Send ``(question, response, answer)`` triples to the judge; returns the replies (None where the
     request failed for good) and the indices that failed, which are logged."""
-    from exgramed_plugin.openai_client import ChatRequestError, run_concurrently
+    from exgramed_plugin.concurrency import run_concurrently
+    from exgramed_plugin.openai_client import ChatRequestError
 
     replies: list[str | None] = [None] * len(requests)
     failed: list[int] = []

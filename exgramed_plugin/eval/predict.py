@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.conversation import IMAGE_TAG
 from exgramed_plugin.data.jsonio import JsonFileError, append_jsonl, read_json_or_jsonl, read_jsonl, write_jsonl
 from exgramed_plugin.settings import TemplateSettings, current_settings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TAG = "<image>"
 # shortuuid's default alphabet (the original stored ``shortuuid.uuid()`` as answer_id).
 _SHORTUUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 DTYPES = ("auto", "float32", "bfloat16", "float16")

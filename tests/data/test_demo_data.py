@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exgramed_plugin.data import demo_data
+from exgramed_plugin.data import demo_data, demo_sources
 from exgramed_plugin.data.demo_data import YES_NO_OPTIONS, DemoData, make_demo_data
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "data_templates"
@@ -254,7 +254,7 @@ def test_rerun_on_same_dir_overwrites_cleanly(demo: DemoData, tmp_path: Path) ->
 
 def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ModuleNotFoundError, match=r"pip install no-such-dist"):
-        demo_data._resolve_source_file("exgramed_no_such_module", "no-such-dist", "x.dcm")
+        demo_sources.resolve_source_file("exgramed_no_such_module", "no-such-dist", "x.dcm")
     missing = dataclasses.replace(
         demo_data.SOURCES[0], module="exgramed_no_such_module", distribution="no-such-dist"
     )
@@ -267,7 +267,7 @@ def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_missing_file_in_installed_package() -> None:
     with pytest.raises(FileNotFoundError, match=r"pydicom"):
-        demo_data._resolve_source_file("pydicom", "pydicom", "data/test_files/NOPE.dcm")
+        demo_sources.resolve_source_file("pydicom", "pydicom", "data/test_files/NOPE.dcm")
 
 
 @pytest.mark.parametrize("bad", [0, 4, 64.0, "64", True])

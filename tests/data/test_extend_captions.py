@@ -20,8 +20,8 @@ from exgramed_plugin.data.extend_captions import (
     main,
     parse_extension_reply,
 )
-from exgramed_plugin.data.jsonio import JsonlAppender
-from exgramed_plugin.openai_client import ChatClient, read_jsonl_records
+from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl_records
+from exgramed_plugin.openai_client import ChatClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,6 +13,7 @@ from exgramed_plugin.data.jsonio import (
     read_json,
     read_json_or_jsonl,
     read_jsonl,
+    read_jsonl_records,
     write_json,
     write_jsonl,
 )
@@ -150,6 +151,15 @@ def test_torn_last_line_is_dropped_only_when_asked(tmp_path, caplog):
     path.write_text('{"id": 1}\n{"id": 2\n')
     assert _error(read_jsonl, path, drop_torn_last_line=True).line == 2
 
+
+
+def test_progress_records_of_a_first_run_and_of_a_crashed_one(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    assert read_jsonl_records(path) == []  # no progress file yet: nothing done
+    path.write_text('{"id": 1}\n{"id": 2}\n{"id": 3, "te')
+    assert read_jsonl_records(path) == [{"id": 1}, {"id": 2}]  # the torn tail of a killed writer
+    path.write_text('{"id": 1}\n{"id": 2\n{"id": 3}\n')
+    assert _error(read_jsonl_records, path).line == 2  # corruption before the end stays an error
 
 def test_writers_are_atomic(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [{"id": 1}])
