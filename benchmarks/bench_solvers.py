@@ -2,7 +2,7 @@
 
 Usage:  .venv/bin/python benchmarks/bench_solvers.py [--sizes 8 16 64 256] [--batches N] [--families ...]
 
-Instance families (costs built exactly like the MGA, method-spec §3.8, k = 5):
+Instance families (costs built exactly like the MGA, docs/method.md §3.8, k = 5):
 * random:      two independent random node sets; B's structure copied from A (as in the MGA)
 * structured:  B = permuted noisy copy of A (noise 0.5), each graph its own kNN
 * gaussian:    i.i.d. Gaussian unary/quadratic costs on random kNN graphs (a hard stress test)

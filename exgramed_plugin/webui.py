@@ -5,7 +5,7 @@ training arguments *in its own process*. So the plugin must be imported before `
 the ``exgra_med`` template is in the template dropdown, a model directory of type ``exgra_med``
 resolves when the UI checks the arguments, and ``--loss_type exgra_mga`` is a known loss. The
 training itself runs in a ``swift sft`` subprocess, which imports the plugin again from
-``--custom_register_path`` in the "Other params" box (README, "Web UI").
+``--custom_register_path`` in the "Other params" box (docs/webui.md).
 
 The Runtime panel plots the scalars listed in ``Runtime.sft_plot`` (TensorBoard tags); the
 alignment run logs ``train/align_loss`` and ``train/lm_loss``, so they are added there.

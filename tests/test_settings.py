@@ -8,7 +8,7 @@ from exgramed_plugin.modeling.configuration import ExGraMedConfig
 from exgramed_plugin.settings import (SETTING_KEYS, MGASettings, SettingsError, apply_mga_to_config, parse_settings,
                                       with_saved_mga)
 
-# Every knob of the README table with a non-default value, as a string (what the environment holds).
+# Every knob of the settings table (docs/training.md) with a non-default value, as a string (what the environment holds).
 NON_DEFAULT = {"mga_alpha": ("0.5", 0.5), "mga_k": ("3", 3), "mga_lambda": ("40", 40.0),
                "mga_gumbel_scale": ("0.1", 0.1), "mga_solver": ("lap", "lap"), "mga_hidden_features": ("32", 32),
                "mga_message_flow": ("standard", "standard"), "mga_use_message_passing": ("0", False),

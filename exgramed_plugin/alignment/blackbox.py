@@ -1,4 +1,4 @@
-"""Black-box differentiation of the graph-matching solver (method-spec §3.10, §10.4).
+"""Black-box differentiation of the graph-matching solver (docs/method.md §3.10, §10.4).
 
 Forward: ``x = solver(c, q)``. Backward (Vlastelica, Paulus et al., ICLR 2020)::
 

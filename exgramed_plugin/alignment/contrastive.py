@@ -1,6 +1,6 @@
 """Pairwise alignment baselines beside MGA: InfoNCE (CLIP) and SigLIP between image and text nodes.
 
-The paper compares MGA with these "simple" alignment losses (method-spec §7.2: InfoNCE 68.48,
+The paper compares MGA with these "simple" alignment losses (docs/method.md §7.2: InfoNCE 68.48,
 SigLIP 67.47 on VQA-RAD at 10 %). The original code removed them from the forward path (§3), so
 these are written from their papers, not from the ExGra-Med repository:
 
@@ -11,7 +11,7 @@ these are written from their papers, not from the ExGra-Med repository:
   ``z_ij = -1`` otherwise; learnable ``log t`` initialised to ``log 10`` and bias ``b = -10``.
 
 They take the **same nodes as MGA** (image = mean projector output, text = pooled LLM states of the
-merged answers / extended answers, method-spec §3.2). With ``use_extended=True`` (the default) the
+merged answers / extended answers, docs/method.md §3.2). With ``use_extended=True`` (the default) the
 loss is ``½ [L(image, answers) + L(image, extended answers)]``, so a baseline sees exactly the text
 MGA sees; ``use_extended=False`` aligns image with the original answers only.
 """

@@ -1,4 +1,4 @@
-"""Graph construction and graph layers of the multi-graph alignment (method-spec §3.5-§3.7).
+"""Graph construction and graph layers of the multi-graph alignment (docs/method.md §3.5-§3.7).
 
 Plain torch: no torch_geometric / torch_cluster (the latter has no wheels), but the same
 semantics and parameter names, so that the original checkpoints'

@@ -1,4 +1,4 @@
-"""Hamming loss and the multi-graph alignment (MGA) loss module (method-spec §3.2-§3.12)."""
+"""Hamming loss and the multi-graph alignment (MGA) loss module (docs/method.md §3.2-§3.12)."""
 
 from __future__ import annotations
 

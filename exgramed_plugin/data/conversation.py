@@ -1,4 +1,4 @@
-"""Prompt formats and label masks of the original code (method-spec §2), independent of swift.
+"""Prompt formats and label masks of the original code (docs/method.md §2), independent of swift.
 
 Training (§2.1, ``conv_v1_2`` / ``_add_speaker_and_signal``)::
 
@@ -34,7 +34,7 @@ SEPARATOR = "###"
 IMAGE_TAG = "<image>"
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
 # LLaVA-Med rows: turn ``from`` value -> chat role, and the (short, extended) conversation fields;
-# the misspelled ``conversatons`` pair of the released files is accepted as a pair (method-spec §4.1).
+# the misspelled ``conversatons`` pair of the released files is accepted as a pair (docs/method.md §4.1).
 ROLE_FROM = {"human": "user", "gpt": "assistant"}
 CONVERSATION_PAIRS = (("conversations", "conversations_long"), ("conversatons", "conversatons_long"))
 

@@ -31,7 +31,7 @@ Layout written under ``out_dir`` (all image paths in the JSON files are relative
 * ``alignment_train.json``: LLaVA-Med instruct format (``conversations`` + ``conversations_long``),
   one row per training image, rows ``i % 3 == 1`` have 2 turns and rows ``i % 3 == 2`` 3 turns.
 * ``train_w_options_new.json`` / ``test_w_options_new.json``: VQA format as released by ExGra-Med
-  (method-spec §4.1); per image 2 OPEN (modality, organ) and 2 CLOSED yes/no questions.
+  (docs/method.md §4.1); per image 2 OPEN (modality, organ) and 2 CLOSED yes/no questions.
 * ``candidate.json``: ``{"0": sorted unique OPEN answers of the training VQA file}``.
 * ``sources.json``: provenance of every image (package, version, file, modality, licence,
   derivation).
@@ -137,7 +137,7 @@ class DemoData:
 
 
 def extend_answer(answer: str, source: DemoSource, derivation: dict[str, Any]) -> str:
-    """Deterministic stand-in for the LLM-extended answer (method-spec §4.2).
+    """Deterministic stand-in for the LLM-extended answer (docs/method.md §4.2).
 
     ``answer`` (a sentence) + the source's factual description + the variant's description. Why not
     an LLM: the demo must be offline and byte-identical everywhere; the MGA loss only needs an

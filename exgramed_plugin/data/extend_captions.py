@@ -1,11 +1,11 @@
-"""`exgramed extend-captions`: the extended answers of method-spec §4.2 from any OpenAI-compatible LLM.
+"""`exgramed extend-captions`: the extended answers of docs/method.md §4.2 from any OpenAI-compatible LLM.
 
 Why: ExGra-Med's stage-1/2 training needs ``conversations_long`` (every gpt answer rewritten longer
 by an LLM). The original script retried forever, rewrote its whole output after every sample and
 left the merge of short and long conversations out of the repository. Here:
 
 * one request per (row, gpt turn): system = the shipped prompt (``prompts/extend_caption.txt``, a
-  reconstruction, see README), user = ``json.dumps({"instruction": <human value incl. "<image>">,
+  reconstruction, see docs/data.md), user = ``json.dumps({"instruction": <human value incl. "<image>">,
   "answer": <gpt value>})`` as in the original;
 * bounded: ``max_attempts`` HTTP tries per request (exponential backoff) and ``parse_attempts``
   requests per turn when the reply does not hold a usable ``revision``;
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exgramed extend-captions",
         description="Extended answers (conversations_long) for a LLaVA-Med JSON with any OpenAI-compatible "
-                    "LLM (method-spec 4.2). Resumable: rerun the same command after a crash or Ctrl-C.")
+                    "LLM (docs/method.md §4.2). Resumable: rerun the same command after a crash or Ctrl-C.")
     parser.add_argument("--in", dest="in_path", metavar="IN", required=True,
                         help="LLaVA-Med JSON (list of rows with conversations)")
     parser.add_argument("--out", required=True, help="output JSON: rows with conversations and conversations_long")

@@ -1,6 +1,6 @@
 """Input formats → swift's standard row (``messages`` + ``images`` + our extra fields), without swift.
 
-Supported (method-spec §4.1, one example each in ``data_templates/``):
+Supported (docs/method.md §4.1, one example each in ``data_templates/``):
 
 * LLaVA-Med alignment / instruct JSON: ``id``, ``image``, ``conversations`` (``from``/``value``),
   optional ``conversations_long`` (extended answers); the misspelled pair

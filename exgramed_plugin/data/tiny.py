@@ -3,7 +3,7 @@
 The tokenizer is the LLaMA-2 SentencePiece-BPE vocabulary shipped in the PyPI package
 ``wordllama`` (same 32000-token vocabulary as LLaMA-1 / Vicuna, i.e. LLaVA-Med v1 and ExGra-Med),
 extended with the original added tokens ``[PAD] <im_patch> <im_start> <im_end>`` (ids 32000-32003)
-and, as in the published checkpoints, ``</s>`` as BOS (method-spec §1.8).
+and, as in the published checkpoints, ``</s>`` as BOS (docs/method.md §1.8).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Data tools: reproducible subsets, ``candidate.json``, LLaVA-Med JSON <-> swift JSONL converters.
 
-* ``exgramed subset``: the 10 % / 40 % subsets of method-spec §4.3. How the original sampled them is
+* ``exgramed subset``: the 10 % / 40 % subsets of docs/method.md §4.3. How the original sampled them is
   not in its repository, so we define a reproducible rule: every id gets the key
   ``sha256(f"{seed}:{id}")``; a file keeps exactly ``round(fraction * distinct ids)`` ids, lowest keys
   first. Given a stage-1 and a stage-2 file, ids present in both are chosen first, from the shared

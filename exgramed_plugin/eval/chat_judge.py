@@ -1,4 +1,4 @@
-"""`exgramed eval-chat`: the LLaVA-Med medical visual chatbot protocol (method-spec §6.3).
+"""`exgramed eval-chat`: the LLaVA-Med medical visual chatbot protocol (docs/method.md §6.3).
 
 Why: ExGra-Med's chatbot numbers come from a GPT-4 review of the model's answers against GPT-4's own
 text-only answers (relative score = mean(s2/s1) × 100). The original script is tied to an Azure
@@ -8,7 +8,7 @@ by ``question_id``, retries are bounded, and an unparsable reply is recorded and
 out of the means) instead of crashing or being guessed.
 
 Prompts: the system string (with its leading quote, sic) and the user template are those of
-method-spec §6.3; the rating instruction is reconstructed from its description there.
+docs/method.md §6.3; the rating instruction is reconstructed from its description there.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_clie
 logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "'You are a helpful and precise assistant for checking the quality of the answer."
-# Reconstructed from the description in method-spec §6.3 (the original wording is not shipped
+# Reconstructed from the description in docs/method.md §6.3 (the original wording is not shipped
 # here): rate helpfulness, relevance, accuracy and level of detail, one overall 1-10 score per
 # assistant, first line = the two scores separated by a space, then an explanation free of order
 # bias. Judge scores are comparable across runs of this tool, not exactly with published tables.
@@ -280,7 +280,7 @@ def write_report(report: ChatReport, json_path: str | Path, per_question_path: s
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exgramed eval-chat",
-        description="LLaVA-Med chatbot evaluation (method-spec 6.3) with any OpenAI-compatible judge: relative "
+        description="LLaVA-Med chatbot evaluation (docs/method.md §6.3) with any OpenAI-compatible judge: relative "
                     "score = mean(s2/s1) x 100 per question type, per domain and overall.")
     parser.add_argument("--answers", required=True, help="model answers JSONL (question_id + text, or swift infer "
                         "rows with id + response)")

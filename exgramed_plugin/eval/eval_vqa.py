@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.conversation import IMAGE_TAG, find_conversation_pair
 from exgramed_plugin.data.jsonio import read_json, read_json_or_jsonl
 from exgramed_plugin.eval import medevalkit_metrics as mek
 from exgramed_plugin.eval.vqa_metrics import (
@@ -176,8 +177,9 @@ def _question_from_row(row: dict[str, Any], path: str | Path, position: int) -> 
     if "id" not in row:
         raise ValueError(f"{where}: missing 'id'")
     answer_type = str(row.get("answer_type", "")).upper()
-    turns = row.get("conversations", row.get("conversatons"))
-    if turns is not None:
+    pair = find_conversation_pair(row)
+    if pair is not None:
+        turns = row[pair[0]]
         speaker_key, text_key, user, assistant = "from", "value", "human", "gpt"
     elif "messages" in row:
         turns = row["messages"]
@@ -188,14 +190,14 @@ def _question_from_row(row: dict[str, Any], path: str | Path, position: int) -> 
     answers = [_content_text(t.get(text_key, "")) for t in turns if t.get(speaker_key) == assistant]
     if not answers:
         raise ValueError(f"{where}: no '{assistant}' turn holding the ground-truth answer")
-    question = questions[0].replace("<image>", "").strip() if questions else ""
+    question = questions[0].replace(IMAGE_TAG, "").strip() if questions else ""
     return VQAQuestion(
         id=str(row["id"]), answer_type=answer_type, question=question, answer=answers[0]
     )
 
 
 def load_vqa_questions(path: str | Path) -> list[VQAQuestion]:
-    """Read a VQA JSON (method-spec §4.1) or swift-style JSON/JSONL rows with ``messages``.
+    """Read a VQA JSON (docs/method.md §4.1) or swift-style JSON/JSONL rows with ``messages``.
 
     Ground truth = the first gpt/assistant turn (the original reads ``conversations[1]``, the same
     turn for these files). ``answer_type`` is upper-cased.

@@ -1,4 +1,4 @@
-"""`exgramed predict`: batched greedy VQA answers through swift's inference engine (method-spec §6.1).
+"""`exgramed predict`: batched greedy VQA answers through swift's inference engine (docs/method.md §6.1).
 
 Why a command of our own next to ``swift infer``: the original evaluation reads the answers JSONL of
 ``model_vqa_med.py`` (``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``,

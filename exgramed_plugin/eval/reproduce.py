@@ -10,7 +10,7 @@ this plugin, without assembling download, prediction and scoring by hand. The st
    ``exgramed download`` writes and the registered dataset names read); fetched with
    ``hub.download`` only when that file is missing;
 3. ``exgramed predict`` with the original prompt (``exgra_med`` template, ``simple`` style,
-   ``original`` response mode: method-spec §2.3/§2.4), resumable in ``<out>/answers.jsonl``;
+   ``original`` response mode: docs/method.md §2.3/§2.4), resumable in ``<out>/answers.jsonl``;
 4. ``exgramed eval-vqa`` (original, strict, MedEvalKit conventions), written next to the answers;
 5. the paper's number for that checkpoint and benchmark (:data:`PAPER_RESULTS`, each with its
    source), the value measured here under the same definition, and the difference.
@@ -39,12 +39,12 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 _BENCHMARK_ALIASES = {"vqa-rad": "vqa_rad", "vqarad": "vqa_rad", "path-vqa": "pathvqa", "path_vqa": "pathvqa"}
 SPLITS = ("test", "val", "train")
 
-_SECONDARY_100 = ("method-spec §7.2 (secondary, unverified: third-party 'paper note' copies of the tables of "
+_SECONDARY_100 = ("docs/method.md §7.2 (secondary, unverified: third-party 'paper note' copies of the tables of "
                   "arXiv 2410.02615; the paper itself could not be read), '100 % comparison (averages)', row "
                   "'ExGra-Med + DCI 75.25 / 85.23 / 64.82 (75.10)' = VQA-RAD / SLAKE / PathVQA average. Assumed to "
                   "be the per-benchmark fine-tuned DCI checkpoints the README publishes (seed-readme.md, 'Model "
                   "Checkpoints'); the paper's average is (open recall + closed accuracy) / 2 of run_eval.py "
-                  "(method-spec §6.1, §7.1: 'averages of open & closed')")
+                  "(docs/method.md §6.1, §7.1: 'averages of open & closed')")
 
 
 @dataclass(frozen=True)

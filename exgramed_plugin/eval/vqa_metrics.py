@@ -2,7 +2,7 @@
 
 Why two sets: published VQA-RAD / SLAKE / PathVQA numbers come from `run_eval.py` +
 `eval_metrics/{glossary,evaluate_metrics,utils}.py` of the original code, whose normalisation and
-metrics have known flaws (method-spec §6.1, §10 item 13). To be comparable with the papers we
+metrics have known flaws (docs/method.md §6.1, §10 item 13). To be comparable with the papers we
 reproduce them bit for bit ("original"); to be meaningful we also compute corrected versions
 ("strict"). Everything here is pure (no I/O).
 
@@ -451,7 +451,7 @@ def score_pair_original(
 
 
 # --------------------------------------------------------------------------------------------------
-# Strict metrics (fix the flaws listed in method-spec §10 item 13)
+# Strict metrics (fix the flaws listed in docs/method.md §10 item 13)
 # --------------------------------------------------------------------------------------------------
 
 _ASSISTANT_PREFIX = re.compile(r"^assistant\s*:", re.IGNORECASE)

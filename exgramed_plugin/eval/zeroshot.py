@@ -1,4 +1,4 @@
-"""`exgramed eval-zeroshot`: OmniMedVQA zero-shot classification as VQA (method-spec §6.2).
+"""`exgramed eval-zeroshot`: OmniMedVQA zero-shot classification as VQA (docs/method.md §6.2).
 
 Two scorings of the same §6.2 prompt:
 

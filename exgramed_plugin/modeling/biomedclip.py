@@ -1,4 +1,4 @@
-"""BiomedCLIP (open_clip ViT-B/16) as the vision tower, read from a local folder (method-spec §1.3).
+"""BiomedCLIP (open_clip ViT-B/16) as the vision tower, read from a local folder (docs/method.md §1.3).
 
 The original code has BiomedCLIP branches (``open_clip`` + ``get_intermediate_layers``) that no
 published model uses. Here the tower is built from the folder's ``open_clip_config.json`` and

@@ -1,4 +1,4 @@
-"""What the CLIP and the open_clip (BiomedCLIP) vision towers share (method-spec §1.3).
+"""What the CLIP and the open_clip (BiomedCLIP) vision towers share (docs/method.md §1.3).
 
 A leaf module: ``vision`` and ``biomedclip`` both import it, and it imports neither, so neither
 has to import the other inside a function.

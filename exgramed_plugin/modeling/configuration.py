@@ -1,4 +1,4 @@
-"""Configuration of the ExGra-Med model (LLaVA-Med v1 layout, method-spec §1).
+"""Configuration of the ExGra-Med model (LLaVA-Med v1 layout, docs/method.md §1).
 
 The config is *flat* like the original LLaVA-Med ``config.json``: the LLaMA fields sit at the top
 level (so swift and DeepSpeed see ``hidden_size``), the ``mm_*`` fields of §1.8 sit beside them, and
@@ -63,7 +63,7 @@ class ExGraMedConfig(LlamaConfig):
     im_start_token_id: int | None = None
     im_end_token_id: int | None = None
     mm_legacy_tokenization: bool = False
-    # Multi-graph alignment (method-spec §3); the module exists only when mga_enabled. The defaults are
+    # Multi-graph alignment (docs/method.md §3); the module exists only when mga_enabled. The defaults are
     # MGASettings' so that a config without an mga_* key trains as an unset MGA_* variable would.
     mga_enabled: bool = _MGA_DEFAULTS.enabled
     mga_alpha: float = _MGA_DEFAULTS.alpha

@@ -1,5 +1,5 @@
 """``exgramed convert``: an original LLaVA-Med / ExGra-Med checkpoint to the plugin layout, or to a
-transformers ``LlavaForConditionalGeneration`` checkpoint (``llava1_5_hf`` in swift) (method-spec §1.9).
+transformers ``LlavaForConditionalGeneration`` checkpoint (``llava1_5_hf`` in swift) (docs/method.md §1.9).
 
 The original is read and checked by :mod:`.original_checkpoint`; this module only writes it out
 again, renaming the parameters for ``LlavaForConditionalGeneration``.

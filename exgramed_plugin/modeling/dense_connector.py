@@ -1,4 +1,4 @@
-"""Dense connector: which vision-tower layers feed the projector (method-spec §1.4).
+"""Dense connector: which vision-tower layers feed the projector (docs/method.md §1.4).
 
 ``hidden_states`` is the tuple a CLIP vision tower returns with ``output_hidden_states=True``:
 ``L + 1`` tensors ``[B, 1 + P, D]`` (index 0 = embeddings, index k = output of layer k). The CLS

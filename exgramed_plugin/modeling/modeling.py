@@ -1,4 +1,4 @@
-"""ExGra-Med model: LLaMA + frozen CLIP tower + projector + image splice (method-spec §1).
+"""ExGra-Med model: LLaMA + frozen CLIP tower + projector + image splice (docs/method.md §1).
 
 Parameter names follow the original LLaVA-Med layout (``model.embed_tokens``, ``model.layers.*``,
 ``model.norm``, ``model.mm_projector.{0,2}``, ``lm_head``) so that published checkpoints load
@@ -173,7 +173,7 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         return self.model.splice_image_features(input_ids, inputs_embeds, image_features), image_features
 
     # ----------------------------------------------------------------------------------------
-    # Multi-graph alignment (method-spec §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
+    # Multi-graph alignment (docs/method.md §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
     # FSDP see every parameter it uses. The orchestration is the model-independent head; what is
     # exgra_med's own is where its image nodes come from (the projector outputs).
 

@@ -1,5 +1,5 @@
 """Weights of a published LLaVA-Med / ExGra-Med checkpoint in its original layout, checked and
-loaded into an ``ExGraMedForCausalLM`` (method-spec §1.8, §1.9).
+loaded into an ``ExGraMedForCausalLM`` (docs/method.md §1.8, §1.9).
 
 The original layout has ``pytorch_model*.bin`` shards under the plugin's parameter names, except
 for the stage-2 GNN, and no vision-tower weights. A checkpoint must be what its config.json

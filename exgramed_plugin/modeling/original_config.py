@@ -1,5 +1,5 @@
 """config.json of the published LLaVA-Med / ExGra-Med checkpoints, read without ``AutoConfig``
-(method-spec §1.8, §1.9).
+(docs/method.md §1.8, §1.9).
 
 The MERGE-Group uploads (``exgra-med``, ``exgra-med-dci``, ``-10/-40``, the VQA fine-tunes,
 ``llava-med-10/-40``) are ``LlavaLlamaForCausalLM`` checkpoints saved by transformers 4.28: their
@@ -63,7 +63,7 @@ def read_original_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     for key in _REQUIRED_CONFIG_KEYS:
         if key not in raw:
             raise CheckpointError(f"{config_path}: key {key!r} is missing; an original LLaVA-Med config.json has "
-                                  f"{', '.join(_REQUIRED_CONFIG_KEYS)} (method-spec §1.8)")
+                                  f"{', '.join(_REQUIRED_CONFIG_KEYS)} (docs/method.md §1.8)")
     if "mm_projector_type" not in raw and not raw.get("use_mm_proj", False):
         raise CheckpointError(f"{config_path}: neither 'mm_projector_type' nor 'use_mm_proj' is set; a LLaVA-Med "
                               "checkpoint without a projector cannot take images")

@@ -1,5 +1,5 @@
 """The tokenizer of a published LLaVA-Med / ExGra-Med checkpoint, giving the ids it was trained with
-(method-spec §1.8, §2.5).
+(docs/method.md §1.8, §2.5).
 
 The original layout ships a slow SentencePiece tokenizer whose BOS is ``</s>``; transformers 5
 converts it to a BPE that gives other ids for some prompts. This module loads it with the
@@ -92,7 +92,7 @@ def load_original_tokenizer(model_dir: str | os.PathLike, *, legacy_sentencepiec
     for name in required:
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"{model_dir / name} is missing: the checkpoint's tokenizer needs "
-                                    f"{', '.join(required)} (method-spec §1.8)")
+                                    f"{', '.join(required)} (docs/method.md §1.8)")
     tokenizer_class = read_json(model_dir / "tokenizer_config.json").get("tokenizer_class") or ""
     if tokenizer_class in ("", "LlamaTokenizer", "LlamaTokenizerFast"):
         # Not AutoTokenizer: with config.json saying model_type "llava" it builds a generic backend

@@ -1,6 +1,6 @@
 """Packed text passes of the alignment: the merged (extended) answers of a step without padding.
 
-The text nodes (method-spec §3.2) are per-sample means of the LLM states of the merged answers and
+The text nodes (docs/method.md §3.2) are per-sample means of the LLM states of the merged answers and
 merged extended answers. Padding all of them to the longest merged extended answer made about
 70 % of the text-pass positions padding. Here the sequences are laid back to back, with position
 ids restarting at every sample and no 2-D attention mask; transformers reads restarting position

@@ -1,7 +1,7 @@
 """What a template adds to a training row and batch for the alignment head (every model type).
 
-Per row (``_encode``): the token ids of the merged answers and merged extended answers (method-spec
-§3.1, the model's own tokenizer, its BOS first when it has one) and, for swift's built-in models,
+Per row (``_encode``): the token ids of the merged answers and merged extended answers
+(docs/method.md §3.1, the model's own tokenizer, its BOS first when it has one) and, for swift's built-in models,
 the token count of each image in the encoded ids. Per batch (``_data_collator``): the text passes
 of the step (packed by default) and the image bookkeeping the head splits the image positions by.
 """

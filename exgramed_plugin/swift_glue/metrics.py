@@ -1,7 +1,7 @@
 """``--eval_metric exgra_vqa``: the original's eval-during-training VQA metric, for swift.
 
 Why: the original VQA fine-tuning logged ``eval_val_average`` = (open recall + closed accuracy) / 2
-from greedy generations on the validation split (method-spec §5, ``prepare_compute_metrics``). With
+from greedy generations on the validation split (docs/method.md §5, ``prepare_compute_metrics``). With
 ``swift sft --predict_with_generate true --eval_metric exgra_vqa --metric_for_best_model average
 --greater_is_better true`` swift's trainer produces the same three numbers.
 

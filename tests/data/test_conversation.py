@@ -1,4 +1,4 @@
-"""Prompt formats and label masks against strings written by hand from method-spec §2."""
+"""Prompt formats and label masks against strings written by hand from docs/method.md §2."""
 
 import pytest
 
@@ -90,7 +90,7 @@ def test_chunks_are_encoded_separately_around_added_tokens(tiny_tokenizer):
 
 
 def test_legacy_tokenization_strips_whitespace_around_added_tokens(tiny_tokenizer):
-    # method-spec §2.5: "<im_end>\n### Assistant:" -> <im_end>, "▁###", "▁Ass", "istant", ":" and
+    # docs/method.md §2.5: "<im_end>\n### Assistant:" -> <im_end>, "▁###", "▁Ass", "istant", ":" and
     # "…question\n<im_start>" loses the "\n"; "<im_end>###" -> <im_end>, "▁###".
     text = "question\n<im_start><im_patch><im_end>\n### Assistant:"
     ids, _ = tokenize_segments(tiny_tokenizer, [Segment(text)], bos_token_id=2, strip_around_special=True)

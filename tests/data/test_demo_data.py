@@ -1,7 +1,7 @@
 """Tests for the demo data builder and the data_templates/ examples.
 
 Why: every later stage (swift preprocessing, MGA training, VQA scoring) is tested on these files,
-so their formats are pinned here against method-spec §4.1 by hand-written assertions, not by reusing
+so their formats are pinned here against docs/method.md §4.1 by hand-written assertions, not by reusing
 the loaders under test.
 """
 
@@ -47,7 +47,7 @@ def _resolve(json_path: Path, rel: str) -> Path:
 
 
 def _check_vqa_rows(rows: Any, json_path: Path) -> None:
-    """method-spec §4.1: list of {id, image, answer_type, conversations=[human, gpt]}.
+    """docs/method.md §4.1: list of {id, image, answer_type, conversations=[human, gpt]}.
 
     The human value is question + options + "\\n<image>", the gpt value the lower-case answer.
     """

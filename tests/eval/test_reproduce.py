@@ -47,7 +47,7 @@ def test_reproduce_runs_end_to_end_and_compares_with_the_paper(tiny_checkpoint, 
     assert rows["average"]["paper"] == 75.25
     assert rows["average"]["difference"] == pytest.approx(independent["average"] - 75.25)
     assert rows["open_recall"]["paper"] is None and rows["open_recall"]["difference"] is None
-    assert "method-spec §7.2" in result["paper_source"] and result["scored_questions"] == LIMIT
+    assert "docs/method.md §7.2" in result["paper_source"] and result["scored_questions"] == LIMIT
     assert f"{independent['average'] - 75.25:+.2f}" in printed and "not comparable" in printed
     assert "medevalkit_corrected" in printed  # eval-vqa's table, all conventions
     assert {"original", "strict", "medevalkit"} <= set(json.loads((out / "metrics.json").read_text()))
@@ -100,7 +100,7 @@ def test_paper_table_names_published_checkpoints_and_sources():
     published = {r.name for r in CHECKPOINTS}
     for (name, benchmark), result in PAPER_RESULTS.items():
         assert name in published and benchmark in BENCHMARKS
-        assert "method-spec" in result.source and result.metrics
+        assert "docs/method.md §" in result.source and result.metrics
     assert checkpoint_name("MERGE-Group/exgra-med-dci-slake") == "exgra-med-dci-slake"
     assert checkpoint_name("/models/exgra-med-dci-pathvqa/") == "exgra-med-dci-pathvqa"
 

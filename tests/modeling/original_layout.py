@@ -1,6 +1,6 @@
 """Tiny checkpoints written in the exact layout of the published LLaVA-Med / ExGra-Med uploads.
 
-Written from method-spec §1.8 without any plugin code: config.json keys of the transformers-4.28
+Written from docs/method.md §1.8 without any plugin code: config.json keys of the transformers-4.28
 ``LlavaLlamaForCausalLM`` dump (legacy bos/eos/pad 0/1/-1, ``max_sequence_length``), weight names
 with ``rotary_emb.inv_freq`` and the stage-2 GNN, two ``pytorch_model-*.bin`` shards with an index,
 the slow SentencePiece tokenizer files (BOS ``</s>``, the four added tokens). The SentencePiece

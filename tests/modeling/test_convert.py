@@ -1,5 +1,5 @@
 """``exgramed convert``: original layout -> plugin layout and -> LlavaForConditionalGeneration, both
-checked against the reference forward written from method-spec §1 (same ids, same pixels)."""
+checked against the reference forward written from docs/method.md §1 (same ids, same pixels)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The exgra_med model against an independent reference forward written from method-spec §1."""
+"""The exgra_med model against an independent reference forward written from docs/method.md §1."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Original LLaVA-Med / ExGra-Med checkpoints loaded through swift's loader, against references
-written here from method-spec §1 (plain LlamaForCausalLM + CLIPVisionModel + hand-written
+written here from docs/method.md §1 (plain LlamaForCausalLM + CLIPVisionModel + hand-written
 projector and splice) and golden token ids from the SentencePiece pieces (§2.5)."""
 
 from __future__ import annotations

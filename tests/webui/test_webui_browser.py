@@ -3,7 +3,7 @@
 The UI server is the real ``exgramed webui`` (a subprocess bound to 127.0.0.1); the browser is
 Debian's ``chromium`` driven through ``chromium-driver`` by Selenium. The run uses the tiny
 checkpoint, the demo instruct data (answers + extended answers) and ``--loss_type exgra_mga`` typed
-into "Other params" in text form, exactly as README "Web UI" tells a user. A screenshot of the
+into "Other params" in text form, exactly as docs/webui.md tells a user. A screenshot of the
 finished run is kept in ``test-artifacts/webui.png`` under the repository root.
 """
 

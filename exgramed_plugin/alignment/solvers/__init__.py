@@ -1,4 +1,4 @@
-"""Graph-matching solvers for the MGA quadratic assignment problem (method-spec §3.9, §10.5).
+"""Graph-matching solvers for the MGA quadratic assignment problem (docs/method.md §3.9, §10.5).
 
 The original used LPMP, which cannot be installed (its sdist has no C++ sources). The problem
 is in :mod:`.problem`; each solver has its own module, and this one is the registry:
