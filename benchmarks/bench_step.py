@@ -48,7 +48,7 @@ IMAGE_BLOCK_TOKENS = 258
 
 def census(inputs: dict, config) -> tuple[int, int, int, int]:
     """(main real, main computed, text real, text computed) token positions of one batch."""
-    from exgramed_plugin.modeling.text_packing import text_layout
+    from exgramed_plugin.head.text_packing import text_layout
     main = (int(inputs["attention_mask"].sum()), inputs["input_ids"].numel())
     if not config.mga_enabled:
         return (*main, 0, 0)
@@ -150,7 +150,7 @@ def instruct_7b_batch(batch: int, seed: int) -> tuple[list[int], list[int]]:
 
 
 def _text_census(name: str, lengths: list[int], config) -> str:
-    from exgramed_plugin.modeling.text_packing import text_layout
+    from exgramed_plugin.head.text_packing import text_layout
     real = sum(lengths)
     padded = len(lengths) * max(lengths)
     buckets = text_layout(lengths, config)

@@ -1,0 +1,1 @@
+"""The alignment head: MGA nodes, text passes, gathering and noise around the alignment core, for every supported model."""

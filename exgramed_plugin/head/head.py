@@ -7,7 +7,7 @@ three node sets and receives the alignment output:
   positions; per sample, the mean over its images (:func:`image_nodes`);
 * text nodes: the language model's last hidden state (after its final norm), masked mean over the
   merged answers and merged extended answers of each sample, one packed text pass per step
-  (:meth:`AlignmentHead.text_nodes`, modeling/text_packing.py);
+  (:meth:`AlignmentHead.text_nodes`, head/text_packing.py);
 * the alignment itself (:meth:`AlignmentHead.align`): the global-graph gather, the per-step seeded
   Gumbel noise, the AMP loss scale and the once-only small-batch warning.
 
@@ -29,7 +29,7 @@ from torch import distributed as dist
 
 from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
 from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
-from ..modeling.text_packing import pack_padded, packed_text_nodes
+from .text_packing import pack_padded, packed_text_nodes
 from ..settings import POOLINGS, MGASettings
 
 logger = logging.getLogger(__name__)

@@ -77,7 +77,7 @@ class ExGraMedConfig(LlamaConfig):
     mga_fidelity: bool = _MGA_DEFAULTS.fidelity
     mga_pooling: str = _MGA_DEFAULTS.pooling
     mga_after_de: bool = _MGA_DEFAULTS.after_de
-    # text passes packed without padding (modeling/text_packing.py); false: padded
+    # text passes packed without padding (head/text_packing.py); false: padded
     mga_text_packing: bool = _MGA_DEFAULTS.text_packing
     mga_global_graph: bool = _MGA_DEFAULTS.global_graph
     mga_seed: int = _MGA_DEFAULTS.seed

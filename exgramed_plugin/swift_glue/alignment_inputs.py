@@ -72,7 +72,7 @@ def collate_alignment_inputs(batch: list[dict[str, Any]], *, packed: bool, pad_t
     """The step's text passes: merged answers then merged extended answers of every sample.
 
     ``packed``: ``mga_text_ids`` ``[1, T]`` back to back and ``mga_text_lengths`` ``[2B]``, no
-    padding (laid out by modeling/text_packing.py). Otherwise one right-padded ``[2B, L]``
+    padding (laid out by head/text_packing.py). Otherwise one right-padded ``[2B, L]``
     ``mga_text_ids`` with ``mga_text_mask`` (``mga_pooling=padded``, the original's mean over
     padding, needs it). With per-image token counts in the rows (built-in models), also
     ``mga_image_tokens`` (every image of the batch, in order) and ``mga_images_per_sample`` ``[B]``.

@@ -44,7 +44,7 @@ def test_nodes_equal_per_sample_references(registered, tiny_qwen2_5_vl, rows, pa
 
 def test_packed_text_pass_isolates_samples_under_mrope(loaded):
     """Changing one sample's tokens leaves the other samples' text nodes unchanged."""
-    from exgramed_plugin.modeling.text_packing import packed_text_nodes
+    from exgramed_plugin.head.text_packing import packed_text_nodes
     model, _ = loaded
     decoder = model.model.language_model
     first, second = [5, 6, 7, 8, 9], [10, 11, 12]

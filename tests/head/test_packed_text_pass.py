@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import DATA_TEMPLATES
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
-from exgramed_plugin.modeling.text_packing import attention_break_even, pack_padded, packed_text_nodes, plan_layout
+from exgramed_plugin.head.text_packing import attention_break_even, pack_padded, packed_text_nodes, plan_layout
 
 ATOL = 1e-5
 # on the tiny model: 4 rows of 40 positions; one row of 311 (cheaper than rows of the longest, 300)
@@ -215,7 +215,7 @@ def test_embedding_hooks_see_a_batch_dimension(tiny_checkpoint):
     output.size(2): the packed pass must call it with [1, T], as every other call does."""
     from exgramed_plugin.modeling.configuration import ExGraMedConfig
     from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
-    from exgramed_plugin.modeling.text_packing import packed_text_nodes
+    from exgramed_plugin.head.text_packing import packed_text_nodes
     config = ExGraMedConfig.from_pretrained(tiny_checkpoint)
     model = ExGraMedForCausalLM.from_pretrained(tiny_checkpoint, config=config).eval()
     shapes = []
