@@ -45,7 +45,12 @@ def _make_demo_data(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    result = run_demo(args.out, max_steps=args.max_steps, prompt_style=args.prompt_style)
+    from .demo_stages import StageFailed
+    try:
+        result = run_demo(args.out, max_steps=args.max_steps, prompt_style=args.prompt_style, verbose=args.verbose)
+    except StageFailed as error:  # its log tail is on screen already
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print("\nexgramed demo finished. Written:")
     for name, path in result.__dict__.items():
         print(f"  {name:20s} {path}")
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=None, help="override the recipe's max_steps")
     demo.add_argument("--prompt-style", choices=("v0", "simple"), default="v0",
                       help="inference prompt: v0 = training format (default for the demo), simple = original eval")
+    demo.add_argument("--verbose", action="store_true",
+                      help="stream swift's full output (by default it goes to <out>/logs/<stage>.log only)")
     demo.set_defaults(handler=_demo)
 
     for name, (_, _, help_text) in DELEGATED_COMMANDS.items():

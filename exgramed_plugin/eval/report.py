@@ -168,16 +168,39 @@ def plot_bars(groups: dict[str, dict[str, float | None]], title: str, ylabel: st
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
+@dataclass(frozen=True)
+class ImageCell:
+    """A table cell showing an image (``src`` relative to the report's folder), e.g. a thumbnail."""
+
+    src: str
+    alt: str
+
+
+def _fmt(value: Any) -> str | ImageCell:
     if value is None:
         return "n/a"
+    if isinstance(value, ImageCell):
+        return value
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
     return str(value)
 
 
+def _md_cell(cell: str | ImageCell) -> str:
+    if isinstance(cell, ImageCell):
+        return f"![{cell.alt}]({cell.src})"
+    return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def _html_cell(cell: str | ImageCell) -> str:
+    if isinstance(cell, ImageCell):
+        return f'<img class="thumb" src="{html.escape(cell.src)}" alt="{html.escape(cell.alt)}">'
+    return html.escape(cell)
+
+
 class _Doc:
-    """Blocks rendered to both Markdown and HTML (so the two never disagree)."""
+    """Blocks rendered to both Markdown and HTML (so the two never disagree); images are referenced
+    by file name, so they sit beside the report."""
 
     def __init__(self) -> None:
         self.blocks: list[tuple[str, Any]] = []
@@ -204,7 +227,7 @@ class _Doc:
             elif kind == "table":
                 header, rows = value
                 out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                     + ["| " + " | ".join(r) + " |" for r in rows]))
+                                     + ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]))
             else:
                 out.append(f"![{value[1]}]({value[0]})")
         return "\n\n".join(out) + "\n"
@@ -219,13 +242,13 @@ class _Doc:
             elif kind == "table":
                 header, rows = value
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                lines = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                lines = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>")
             else:
                 body.append(f'<img src="{html.escape(value[0])}" alt="{html.escape(value[1])}">')
         style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
                  "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}"
-                 "img{max-width:100%}")
+                 "img{max-width:100%}img.thumb{width:64px}")
         return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
                 f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
