@@ -104,7 +104,24 @@ def test_command_line_overrides_the_budget():
     budget = budget_from_args(parse(["data-efficiency", "--finetune-steps", "1000", "--train-vision-tower"]))
     assert (budget.stage2_steps, budget.finetune_steps, budget.train_vision_tower) == (FULL.stage2_steps, 1000, True)
     budget = budget_from_args(parse(["data-efficiency", "--quick", "--stage2-steps", "3"]))
-    assert (budget.stage2_steps, budget.finetune_steps, budget.n_open) == (3, QUICK.finetune_steps, QUICK.n_open)
+    assert (budget.stage2_steps, budget.finetune_steps, budget.test_per_answer) == (3, QUICK.finetune_steps,
+                                                                                   QUICK.test_per_answer)
+    budget = budget_from_args(parse(["data-efficiency", "--batch-size", "16", "--learning-rate", "1e-3",
+                                     "--pool-images", "200", "--random-vision-tower", "--llama-tokenizer"]))
+    assert (budget.stage2_batch, budget.finetune_batch, budget.learning_rate, budget.pool_images) == (16, 16, 1e-3, 200)
+    assert budget.pretrained_vision is False and budget.small_tokenizer is False
+    assert FULL.pretrained_vision and FULL.small_tokenizer and not FULL.train_vision_tower
+
+
+def test_every_arm_has_its_stage2_settings():
+    from exgramed_plugin.experiment.data_efficiency import ARMS, arm_settings
+    from exgramed_plugin.settings import OBJECTIVES
+    assert ARMS == ("none", "infonce", "siglip", "mga")
+    assert arm_settings("none") == {"mga_alpha": 0}
+    for arm in ARMS[1:]:
+        assert arm in OBJECTIVES and arm_settings(arm) == {"mga_alpha": 1.0, "mga_objective": arm}
+    with pytest.raises(ValueError):
+        arm_settings("clip")
 
 
 @pytest.mark.parametrize("train_tower, freeze_vit", [(False, "true"), (True, "false")])
