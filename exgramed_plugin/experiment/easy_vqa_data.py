@@ -18,13 +18,18 @@ shape. Here:
   colour for colour questions, each shape for shape questions). The question-only prior is then
   chance: 50 % closed, 1/8 or 1/3 open. Without it: ``n_open`` OPEN + ``n_closed`` CLOSED questions
   drawn at random (the first version of the miniature; its closed questions are ~85 % "no").
-* ``balance_closed`` (training rows only): easy-vqa's yes/no answers are ~83 % one way per question
-  text ("is there a red shape?" is "yes" for 1 image in 8; negated texts the other way), so
-  answering from the text alone is a deep local optimum that the small models did not leave (closed
-  accuracy 50 % on the balanced test set, the same answer for every image). With it, every yes/no
-  question text of a fraction gets as many "yes" as "no" rows: the rows of the rarer answer are
-  repeated (cyclically, in file order; the repeats carry the id suffix ``-rN``), no row is dropped.
-  The texts with only one answer in the fraction stay as they are.
+* ``balance_closed`` (training rows only; off by default): easy-vqa's yes/no answers are ~83 % one
+  way per question text ("is there a red shape?" is "yes" for 1 image in 8; negated texts the other
+  way), so answering from the text alone is a deep local optimum. With it, every yes/no question
+  text of a fraction gets as many "yes" as "no" rows: the rows of the rarer answer are repeated
+  (cyclically, in file order; the repeats carry the id suffix ``-rN``), no row is dropped; texts
+  with only one answer in the fraction stay as they are.
+* ``image_first`` (off by default): VQA rows (train and test) as ``<image>\\n{question}{options}``,
+  the order of the alignment rows, instead of the released ``{question}{options}\\n<image>``. The
+  idea: the named colour / shape word can then attend to the image tokens itself (a match is a
+  large attention score) instead of the answer position comparing two fetched vectors.
+  Neither option made the yes/no answers depend on the image in the pilots (closed accuracy
+  45-51 %, see :mod:`.data_efficiency`); they stay as switches for further work.
 * :func:`image_labels` reads each image's shape and colour off its questions (for the stage-0
   vision pre-training of :mod:`.vision_pretrain`, on train images outside the pool).
 
@@ -134,11 +139,12 @@ def _image(split: str, image_id: int) -> str:
     return str(path)
 
 
-def _vqa_row(row_id: str, image: str, question: str, answer: str) -> dict[str, Any]:
+def _vqa_row(row_id: str, image: str, question: str, answer: str, image_first: bool = False) -> dict[str, Any]:
     closed = answer in ("yes", "no")
     options = YES_NO_OPTIONS if closed else ""
+    human = f"<image>\n{question}{options}" if image_first else f"{question}{options}\n<image>"
     return {"id": row_id, "image": image, "answer_type": "CLOSED" if closed else "OPEN",
-            "conversations": [{"from": "human", "value": f"{question}{options}\n<image>"},
+            "conversations": [{"from": "human", "value": human},
                               {"from": "gpt", "value": answer}]}
 
 
@@ -283,12 +289,15 @@ def balance_closed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def prepare_easy_vqa(out_dir: str | Path, fractions: tuple[float, ...] = (0.1, 0.4, 1.0), *, n_open: int = 100,
                      n_closed: int = 100, data_seed: int = 0, pool_images: int | None = None,
-                     test_per_answer: int | None = None, balance_closed: bool = False) -> EasyVqaData:
+                     test_per_answer: int | None = None, balance_closed: bool = False,
+                     image_first: bool = False) -> EasyVqaData:
     """Write the alignment / VQA-train file of each fraction, the test subset and ``candidate.json``.
 
     ``test_per_answer``: the balanced test set (see the module doc); ``None``: ``n_open`` +
     ``n_closed`` random test questions. ``balance_closed``: repeat the rarer answer's yes/no training rows
-    of each question text until both answers have as many rows (see the module doc).
+    of each question text until both answers have as many rows (see the module doc). ``image_first``: the
+    VQA rows (train and test) put ``<image>`` before the question, as the alignment rows do (see the
+    module doc); else after it, as the released ``*_w_options_new.json`` files do.
     """
     root = Path(out_dir).resolve()
     rng = np.random.default_rng(data_seed)
@@ -306,7 +315,7 @@ def prepare_easy_vqa(out_dir: str | Path, fractions: tuple[float, ...] = (0.1, 0
             image = _image("train", image_id)
             alignment_rows.append(_alignment_row(image_id, image, by_image[image_id]))
             for k, (question, answer) in enumerate(by_image[image_id]):
-                vqa_rows.append(_vqa_row(f"train-{image_id:04d}-{k:02d}", image, question, answer))
+                vqa_rows.append(_vqa_row(f"train-{image_id:04d}-{k:02d}", image, question, answer, image_first))
         num_questions = len(vqa_rows)
         if balance_closed:
             vqa_rows = balance_closed_rows(vqa_rows)
@@ -325,13 +334,15 @@ def prepare_easy_vqa(out_dir: str | Path, fractions: tuple[float, ...] = (0.1, 0
         closed_idx = [i for i, (_, a, _) in enumerate(test) if a in ("yes", "no")]
         picked = sorted([*rng.choice(open_idx, size=min(n_open, len(open_idx)), replace=False).tolist(),
                          *rng.choice(closed_idx, size=min(n_closed, len(closed_idx)), replace=False).tolist()])
-    test_rows = [_vqa_row(f"test-{i:05d}", _image("test", test[i][2]), test[i][0], test[i][1]) for i in picked]
+    test_rows = [_vqa_row(f"test-{i:05d}", _image("test", test[i][2]), test[i][0], test[i][1], image_first)
+                 for i in picked]
     vqa_test = root / "test_w_options_new.json"
     _write(vqa_test, test_rows)
     candidates = root / "candidate.json"
     _write(candidates, {"0": sorted({*COLORS, *SHAPES})})
     counts = {"train_images": len(image_ids), "pool_images": len(order), "train_questions": len(train),
               "test_questions_total": len(test), "balance_closed": balance_closed,
+              "image_first": image_first,
               "test_set": "balanced" if test_per_answer is not None else "random",
               "test_per_answer": test_per_answer, "test_images": len({test[i][2] for i in picked}),
               "test_open": sum(r["answer_type"] == "OPEN" for r in test_rows),

@@ -158,6 +158,28 @@ def test_balanced_test_set_has_a_chance_prior(tmp_path):
     assert prior["original"]["open_recall"] == pytest.approx(100 * (8 + 11) / 97)
 
 
+def test_balance_closed_repeats_the_rarer_answer_and_image_first_moves_the_image(tmp_path):
+    from exgramed_plugin.experiment.easy_vqa_data import prepare_easy_vqa
+    plain = prepare_easy_vqa(tmp_path / "plain", (1.0,), pool_images=100, test_per_answer=1)
+    data = prepare_easy_vqa(tmp_path / "balanced", (1.0,), pool_images=100, test_per_answer=1,
+                            balance_closed=True, image_first=True)
+    before, after = (json.loads(d.fractions[1.0].vqa_train.read_text()) for d in (plain, data))
+    assert len({row["id"] for row in after}) == len(after) > len(before)
+    assert data.fractions[1.0].num_questions == len(before) and data.fractions[1.0].num_rows == len(after)
+    assert [row["id"] for row in after[:len(before)]] == [row["id"] for row in before]  # originals kept, in order
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for row in after:
+        assert row["conversations"][0]["value"].startswith("<image>\n")
+        if row["answer_type"] == "CLOSED":
+            counts[row["conversations"][0]["value"]][row["conversations"][1]["value"]] += 1
+        else:
+            assert row["id"] in {r["id"] for r in before}  # open rows are not repeated
+    assert all(len(set(c.values())) == 1 for c in counts.values() if len(c) == 2)
+    test = json.loads(data.vqa_test.read_text())
+    assert len(test) == len(json.loads(plain.vqa_test.read_text()))  # the test set is only re-ordered text
+    assert all(row["conversations"][0]["value"].startswith("<image>\n") for row in test)
+
+
 def test_image_labels_agree_with_the_questions():
     from exgramed_plugin.experiment.easy_vqa_data import _questions, image_labels, non_pool_images, pool_order
     labels = image_labels("train")

@@ -111,6 +111,9 @@ def test_command_line_overrides_the_budget():
     assert (budget.stage2_batch, budget.finetune_batch, budget.learning_rate, budget.pool_images) == (16, 16, 1e-3, 200)
     assert budget.pretrained_vision is False and budget.small_tokenizer is False
     assert FULL.pretrained_vision and FULL.small_tokenizer and not FULL.train_vision_tower
+    budget = budget_from_args(parse(["data-efficiency", "--balance-closed", "--image-first"]))
+    assert budget.balance_closed and budget.image_first
+    assert budget == FULL.__class__(**{**FULL.__dict__, "balance_closed": True, "image_first": True})
 
 
 def test_every_arm_has_its_stage2_settings():
