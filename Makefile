@@ -22,16 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/exgramed demo
 
-# Two pytest workers (pytest-xdist), one test file each at a time: most slow tests wait on a single-threaded
-# swift start-up, so two of them share the machine's two cores well.
+# Two pytest workers (pytest-xdist), one test file each at a time, one torch thread each: most slow tests
+# wait on a single-threaded swift start-up, so two of them share the machine's two cores well (without
+# OMP_NUM_THREADS=1 the workers' torch threads oversubscribe the cores and the suite gets no faster).
 PYTEST_WORKERS ?= 2
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 # The inner loop: everything but the tests that start swift / CLI processes, a browser or several processes.
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not browser and not distributed"
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not browser and not distributed"
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
