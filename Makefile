@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # Two pytest workers (pytest-xdist), one test file each at a time, one torch thread each: most slow tests
 # wait on a single-threaded swift start-up, so two of them share the machine's two cores well (without
-# OMP_NUM_THREADS=1 the workers' torch threads oversubscribe the cores and the suite gets no faster).
+# OMP_NUM_THREADS=1 the workers' torch threads oversubscribe the cores).
 PYTEST_WORKERS ?= 2
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 

@@ -39,7 +39,6 @@ copied).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..data.jsonio import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _package_dir() -> Path:
 
 
 def _questions(split: str) -> list[tuple[str, str, int]]:
-    rows = json.loads((_package_dir() / split / "questions.json").read_text())
+    rows = read_json(_package_dir() / split / "questions.json")
     return [(str(q), str(a), int(i)) for q, a, i in rows]
 
 
@@ -160,9 +161,7 @@ def _alignment_row(image_id: int, image: str, qas: list[tuple[str, str]]) -> dic
 
 def _write(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    write_json(path, obj, indent=1)
 
 
 def image_labels(split: str) -> dict[int, tuple[str, str]]:
