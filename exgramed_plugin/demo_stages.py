@@ -8,7 +8,6 @@ stage shows the tail of its log, so the cause is on screen without opening the f
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from tqdm import tqdm
+
+from .data.jsonio import read_growing_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ class Progress(Protocol):
         """(units done, postfix values)."""
 
 
-def complete_lines(path: Path) -> list[str]:
-    """The lines of a file another process is appending to, without a last line still being written."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
-        return []
-    return [line for line in text[: text.rfind("\n") + 1].split("\n") if line.strip()]
-
-
 @dataclass
 class TrainingProgress:
     """Steps and losses of a ``swift sft`` run, from the ``logging.jsonl`` of its newest ``v*-*`` folder."""
@@ -72,8 +64,7 @@ class TrainingProgress:
     def poll(self) -> tuple[int, dict[str, float]]:
         logs = sorted(self.output_dir.glob("v*-*/logging.jsonl"), key=lambda p: p.stat().st_mtime)
         step, values = 0, {}
-        for line in complete_lines(logs[-1]) if logs else []:
-            row = json.loads(line)
+        for row in read_growing_jsonl(logs[-1]) if logs else []:
             done, _, planned = str(row.get("global_step/max_steps", "")).partition("/")
             if done.isdigit() and planned.isdigit():
                 step, self.total = int(done), int(planned)
@@ -90,7 +81,7 @@ class LineProgress:
     unit: str = "question"
 
     def poll(self) -> tuple[int, dict[str, float]]:
-        return len(complete_lines(self.path)), {}
+        return len(read_growing_jsonl(self.path)), {}
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> str:

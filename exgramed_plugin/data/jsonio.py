@@ -140,6 +140,17 @@ def read_jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [record for _, record in read_jsonl(path, drop_torn_last_line=True)]
 
 
+def read_growing_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The complete rows of a JSON Lines file another process is still appending to (swift's
+    ``logging.jsonl``, ``swift infer --result_path``): nothing if it does not exist yet, the last line
+    left out while it is being written; never repairs or warns (it is polled while it grows)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].split("\n") if line.strip()]
+
+
 def _jsonl_rows(path: str | os.PathLike, text: str, drop_torn_last_line: bool) -> list[JsonRow]:
     lines = text.split("\n")
     rows: list[JsonRow] = []

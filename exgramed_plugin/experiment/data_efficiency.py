@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.jsonio import read_json, read_jsonl, write_json
+from ..demo_stages import log_tail
 from ..settings import SETTING_KEYS
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def _run_cell_subprocess(spec: CellSpec, log_path: Path, threads: int | None = N
     with log_path.open("w") as log:
         completed = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if completed.returncode != 0 or not result_path.is_file():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        tail = log_tail(log_path)
         raise RuntimeError(f"cell seed={spec.seed} fraction={spec.fraction} arm={spec.arm} failed "
                            f"(exit {completed.returncode}); log {log_path}:\n{tail}")
     return read_json(result_path)

@@ -200,3 +200,13 @@ def test_cli_ends_with_the_position_for_a_subcommand_without_own_handling(tmp_pa
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == f"{src / 'config.json'}:3:3: invalid JSON: Expecting ',' delimiter"
     assert "Traceback" not in err
+
+
+def test_a_growing_file_gives_its_complete_rows_split_on_newlines_only(tmp_path):
+    from exgramed_plugin.data.jsonio import read_growing_jsonl
+    path = tmp_path / "logging.jsonl"
+    assert read_growing_jsonl(path) == []  # not written yet
+    rows = [{"text": "line\u2028separator\u0085next"}, {"loss": 0.5}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"loss": 0.', encoding="utf-8")
+    assert read_growing_jsonl(path) == rows  # the row still being written is left out
+    assert path.read_text(encoding="utf-8").endswith('{"loss": 0.')  # and the file is not touched
