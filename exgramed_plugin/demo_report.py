@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .data.jsonio import read_json
 from .eval.eval_vqa import VQAReport
-from .eval.report import VQA_KEYS, ImageCell, _Doc, find_logging_file, plot_series, read_logging
+from .eval.report import VQA_KEYS, ImageCell, ReportDocument, find_logging_file, plot_series, read_logging
 
 SCORE_LABELS = {"closed_accuracy": "closed accuracy", "open_recall": "open recall", "average": "average"}
 EXPECTATION = ("Expect scores near chance or the answers' prior (a tiny random model trained for minutes on a few "
@@ -63,7 +63,7 @@ def write_demo_report(out_dir: Path, *, stage2_dir: Path, vqa_dir: Path, vqa_tes
     """Write ``report.md``, ``report.html`` and the loss plots (PNG) into ``out_dir``."""
     stage2 = read_logging(find_logging_file(stage2_dir)).train
     vqa = read_logging(find_logging_file(vqa_dir)).train
-    doc = _Doc()
+    doc = ReportDocument()
     doc.heading("exgramed demo: before and after VQA fine-tuning", 1)
     doc.para(f"A tiny random exgra_med model, trained with swift sft: stage 2 with multi-graph alignment (MGA), "
              f"then VQA fine-tuning; {after.counts['total']} test questions answered with swift infer by the "

@@ -9,7 +9,7 @@ models fail on the same questions.
 
 A separate subcommand rather than ``exgramed report --compare``: ``report`` is about one swift
 training run and requires ``--run``; a comparison needs the question file and several answer files
-instead. The Markdown/HTML rendering is the report's (``report._Doc``), so both look alike.
+instead. The Markdown/HTML rendering is the report's (``report.ReportDocument``), so both look alike.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from exgramed_plugin.eval.eval_vqa import (
     load_answers,
     load_vqa_questions,
 )
-from exgramed_plugin.eval.report import _Doc
+from exgramed_plugin.eval.report import ReportDocument
 
 ANSWER_TYPES: tuple[str, ...] = ("closed", "open", "all")
 DEFAULT_RESAMPLES = 1000
@@ -248,7 +248,7 @@ def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> Compare
     out.mkdir(parents=True, exist_ok=True)
     files = CompareFiles(out / "compare.md", out / "compare.html", out / "compare.json", out / "compare.png")
     labels = [m["label"] for m in comparison["models"]]
-    doc = _Doc()
+    doc = ReportDocument()
     doc.heading("Model comparison", 1)
     doc.para(f"{comparison['questions']} questions of {comparison['gt']}"
              + (f" (MedEvalKit dataset {comparison['dataset']})" if comparison["dataset"] else "")

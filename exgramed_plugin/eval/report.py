@@ -198,7 +198,7 @@ def _html_cell(cell: str | ImageCell) -> str:
     return html.escape(cell)
 
 
-class _Doc:
+class ReportDocument:
     """Blocks rendered to both Markdown and HTML (so the two never disagree); images are referenced
     by file name, so they sit beside the report."""
 
@@ -272,7 +272,7 @@ def build_report(run: str | Path, evals: Sequence[str | Path] = (), out_dir: str
     out = Path(out_dir) if out_dir is not None else logging_path.parent / "exgramed_report"
     out.mkdir(parents=True, exist_ok=True)
     eval_files = [read_eval_file(p) for p in evals]
-    doc = _Doc()
+    doc = ReportDocument()
     plots: list[Path] = []
     machine: dict[str, Any] = {"run": str(logging_path.parent), "logging": str(logging_path),
                                "max_steps": log.max_steps, "train": {}, "eval": {}, "evaluations": []}
