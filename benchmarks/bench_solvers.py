@@ -9,7 +9,7 @@ Instance families (costs built exactly like the MGA, docs/method.md §3.8, k = 5
 Objective gap = (f - f_best) / |f_best| per instance, f_best = best over all solvers run. At
 n <= 8 that is the optimum: "optimum" is branch-and-bound run to its proof (checked against the
 enumeration "exact" on the first --exact-batches batches). At n = 16 and 64 it includes
-"ils-long", our iterated local search with a long restart budget. References: pygmtools sm /
+"ils-long" and "tabu-long", our two searches with long budgets. References: pygmtools sm /
 ipfp / rrwm (numpy backend, dense Lawler K, full permutations, then unprofitable pairs dropped)
 and POT (our "fgw"). Also prints the MGA-step timing (b = 6, n = 16: forward + backward solve,
 batched) as min / median / max over --step-repeats repetitions.
@@ -37,6 +37,7 @@ from exgramed_plugin.alignment import (  # noqa: E402
     solve_graph_matching,
 )
 from exgramed_plugin.alignment.solvers import _local_search, _to_assignment  # noqa: E402
+from exgramed_plugin.alignment.solvers.auto import AUTO_SEARCH, search_budget  # noqa: E402
 
 
 def _gumbel(gen, *shape):
@@ -121,18 +122,32 @@ def timed(fn, repeats):
     return out, min(times)
 
 
-def mga_step_time(repeats: int, solvers: tuple[str, ...] = ("auto", "ipfp", "lap")) -> dict[str, tuple[float, float, float]]:
+STEP_SOLVERS = {  # name in the table -> (solver, options) of blackbox_matching
+    "auto (search 0, as in the MGA step)": ("auto", {"search": 0}),
+    "auto (its default search)": ("auto", {}),
+    "ipfp": ("ipfp", {}),
+    "lap": ("lap", {}),
+}
+
+
+FAST_STEP_SOLVERS = ("auto (search 0, as in the MGA step)", "ipfp", "lap")
+
+
+def mga_step_time(repeats: int, solvers: tuple[str, ...] = FAST_STEP_SOLVERS) -> dict[str, tuple[float, float, float]]:
     """min / median / max ms of one MGA step's solves (b = 6, n = 16: forward + backward) per solver.
 
     The solvers take turns within each repetition, in rotating order, so a busy machine slows them alike.
+    The MGA step runs ``"auto"`` with ``search=0`` (``mga_solver_search``'s default).
     """
     problems = make_instances("random", 6, 16, seed=123)
     unary, quadratic = problems[0].float(), problems[1].float()
 
-    def step(solver: str) -> None:
+    def step(name: str) -> None:
+        solver, options = STEP_SOLVERS[name]
         u = unary.clone().requires_grad_(True)
         q = quadratic.clone().requires_grad_(True)
-        hamming_loss(blackbox_matching(u, q, problems[2], problems[3], solver=solver)).mean().backward()
+        matching = blackbox_matching(u, q, problems[2], problems[3], solver=solver, solver_options=options)
+        hamming_loss(matching).mean().backward()
 
     times: dict[str, list[float]] = {solver: [] for solver in solvers}
     for solver in solvers:
@@ -145,14 +160,15 @@ def mga_step_time(repeats: int, solvers: tuple[str, ...] = ("auto", "ipfp", "lap
 
 
 LONG_RUN = {"rounds": 200, "patience": 50, "seed": 1}  # "ils-long": twice the rounds, 6x the patience, other kicks
+LONG_TABU = 4  # "tabu-long": 4x the tabu iterations and patience of "auto", other tenures (seed 1)
 
 
 def solvers_for(n: int, pygm: bool) -> list[str]:
     names = ["auto", "ipfp", "lap", "fgw"]
     if n <= 64:
-        names += ["ils", "bnb"]
+        names += ["tabu", "ils", "bnb"]
     if 8 < n <= 64:
-        names.append("ils-long")
+        names += ["ils-long", "tabu-long"]
     if pygm and n <= 64:
         names += ["pygm-sm", "pygm-ipfp"] + (["pygm-rrwm"] if n <= 16 else [])  # rrwm: 3.6 s a batch at 64
     return names
@@ -164,9 +180,13 @@ def solve(name: str, problems) -> tuple[torch.Tensor, float]:
         return drop_unprofitable(x, *problems), elapsed
     if name == "ils-long":
         return timed(lambda: solve_graph_matching(*problems, solver="ils", **LONG_RUN), 1)
+    if name == "tabu-long":
+        iterations, patience = search_budget(AUTO_SEARCH, problems[0].shape[1])
+        budget = {"iterations": LONG_TABU * iterations, "patience": LONG_TABU * patience, "seed": 1}
+        return timed(lambda: solve_graph_matching(*problems, solver="tabu", **budget), 1)
     if name == "optimum":  # proven branch-and-bound: the exact optimum, without enumerating
         return timed(lambda: solve_graph_matching(*problems, solver="bnb", node_budget=10**7), 1)
-    repeats = 3 if name in ("auto", "ipfp", "lap", "bnb") else 1
+    repeats = 3 if name in ("ipfp", "lap", "bnb") else 1  # "auto" searches for seconds at n >= 16
     return timed(lambda: solve_graph_matching(*problems, solver=name), repeats)
 
 
@@ -185,8 +205,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
     if args.step_repeats:
-        for solver, (low, median, high) in mga_step_time(args.step_repeats).items():
-            print(f"MGA step (b=6, n=16, k=5, forward + backward solve, {args.step_repeats} reps), solver={solver}: "
+        timings = mga_step_time(args.step_repeats)
+        searched = "auto (its default search)"  # ~1 s a step: a few repetitions, after the fast ones
+        timings |= mga_step_time(max(3, args.step_repeats // 100), (searched,))
+        for solver, (low, median, high) in timings.items():
+            reps = max(3, args.step_repeats // 100) if solver == searched else args.step_repeats
+            print(f"MGA step (b=6, n=16, k=5, forward + backward solve, {reps} reps), {solver}: "
                   f"min {low:.2f} ms, median {median:.2f} ms, max {high:.2f} ms")
 
     print()

@@ -109,6 +109,7 @@ class MGASettings:
     lambda_val: float = 80.0
     gumbel_scale: float = 0.05
     solver: str = "auto"
+    solver_search: int = 0  # tabu iterations per node of "auto" above 10 x 10 (0: the step's ~2 ms budget)
     hidden_features: int | None = None
     message_flow: str = "original"
     use_message_passing: bool = True
@@ -175,6 +176,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("mga_lambda", "mga.lambda_val", float, check=_at_least(0.0)),
     _Spec("mga_gumbel_scale", "mga.gumbel_scale", float, check=_at_least(0.0)),
     _Spec("mga_solver", "mga.solver", str, choices=_solver_names),
+    _Spec("mga_solver_search", "mga.solver_search", int, check=_at_least(0)),
     _Spec("mga_hidden_features", "mga.hidden_features", _optional(int), check=_at_least(1)),
     _Spec("mga_message_flow", "mga.message_flow", str, choices=MESSAGE_FLOWS),
     _Spec("mga_use_message_passing", "mga.use_message_passing", parse_bool),
@@ -232,8 +234,12 @@ def _assemble(base: PluginSettings, values: Mapping[str, Any], source: str) -> P
         parts[part][name] = spec.value_of(raw)
     if parts["mga"].get("enabled", True) is None:
         parts["mga"].pop("enabled")
+    mga = dataclasses.replace(base.mga, **parts["mga"])
+    if mga.solver_search and mga.solver != "auto":
+        raise SettingsError(f"MGA_SOLVER_SEARCH={mga.solver_search} ({source}): the search belongs to "
+                            f"MGA_SOLVER=auto, not {mga.solver!r}")
     return PluginSettings(
-        mga=dataclasses.replace(base.mga, **parts["mga"]),
+        mga=mga,
         template=dataclasses.replace(base.template, **parts["template"]),
         loader=dataclasses.replace(base.loader, **parts["loader"]),
         explicit=base.explicit | frozenset(values),

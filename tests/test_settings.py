@@ -14,7 +14,7 @@ NON_DEFAULT = {"mga_alpha": ("0.5", 0.5), "mga_k": ("3", 3), "mga_lambda": ("40"
                "mga_message_flow": ("standard", "standard"), "mga_use_message_passing": ("0", False),
                "mga_fidelity": ("1", True), "mga_pooling": ("padded", "padded"), "mga_after_de": ("false", False),
                "mga_global_graph": ("yes", True), "mga_seed": ("11", 11), "mga_objective": ("infonce", "infonce"),
-               "mga_text_packing": ("off", False)}
+               "mga_text_packing": ("off", False), "mga_solver_search": ("40", 40)}
 
 
 def test_defaults_are_the_documented_ones():
@@ -70,6 +70,9 @@ def test_enabled_comes_from_loss_type_unless_forced():
     ({"MGA_ALPHA": "-1"}, "MGA_ALPHA='-1': must be >= 0.0"),
     ({"EXGRAMED_PROMPT_STYLE": "chatml"}, "EXGRAMED_PROMPT_STYLE='chatml': expected one of simple, v0"),
     ({"MGA_ALHPA": "1"}, "unknown setting MGA_ALHPA (environment)"),
+    ({"MGA_SOLVER_SEARCH": "-2"}, "MGA_SOLVER_SEARCH='-2': must be >= 0"),
+    ({"MGA_SOLVER": "ipfp", "MGA_SOLVER_SEARCH": "20"}, "MGA_SOLVER_SEARCH=20 (environment / --model_kwargs): the "
+     "search belongs to MGA_SOLVER=auto, not 'ipfp'"),
     ({"EXGRAMED_PROMT_STYLE": "v0"}, "unknown setting EXGRAMED_PROMT_STYLE"),
 ])
 def test_bad_values_name_the_setting_the_value_and_the_allowed_ones(environ, message):

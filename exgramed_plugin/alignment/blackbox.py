@@ -16,7 +16,7 @@ the result is multiplied back by s, so after unscaling the update equals the uns
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -45,15 +45,15 @@ class BlackboxMatching(torch.autograd.Function):
     """``matching = solver(unary, quadratic)`` with the λ-perturbation backward (see module doc).
 
     ``apply(unary [b,n,m], quadratic [b,E1,E2], edges_a [b,2,E1], edges_b [b,2,E2], solver,
-    lambda_val, loss_scale, fidelity)``; prefer :func:`blackbox_matching`.
+    lambda_val, loss_scale, fidelity, solver_options)``; prefer :func:`blackbox_matching`.
     """
 
     @staticmethod
-    def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity):
+    def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity, solver_options):
         problem = prepare_problem(unary, quadratic, edges_a, edges_b)
-        matching64 = solve_prepared(problem, solver)
+        matching64 = solve_prepared(problem, solver, **solver_options)
         ctx.problem = problem  # reused by the backward solve: same graphs and quadratic costs
-        ctx.solver = solver
+        ctx.solver, ctx.solver_options = solver, solver_options
         ctx.lambda_val = float(lambda_val)
         ctx.loss_scale = loss_scale
         ctx.fidelity = bool(fidelity)
@@ -66,7 +66,7 @@ class BlackboxMatching(torch.autograd.Function):
     def backward(ctx, grad_matching):
         need_unary, need_quadratic = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_unary or need_quadratic):
-            return (None,) * 8
+            return (None,) * 9
         problem, matching = ctx.problem, ctx.matching64
         if ctx.fidelity:
             scale, denominator = 1.0, ctx.lambda_val + _FIDELITY_EPSILON
@@ -78,7 +78,7 @@ class BlackboxMatching(torch.autograd.Function):
         else:
             # problem.unary holds c (plus folded self-loop costs, which with_unary re-adds)
             base = problem.unary if problem.loop_unary is None else problem.unary - problem.loop_unary
-            perturbed = solve_prepared(problem.with_unary(base + ctx.lambda_val * grad), ctx.solver)
+            perturbed = solve_prepared(problem.with_unary(base + ctx.lambda_val * grad), ctx.solver, **ctx.solver_options)
         grad_unary = grad_quadratic = None
         if need_unary:
             grad_unary = (-(matching - perturbed) / denominator * scale).to(*_flip(ctx.unary_meta))
@@ -94,7 +94,7 @@ class BlackboxMatching(torch.autograd.Function):
                 pairs = _pair_indicator_difference(problem, matching, perturbed, factor)
                 grad_quadratic = torch.from_numpy(pairs).to(device=device, dtype=dtype)
         ctx.problem = ctx.matching64 = None
-        return grad_unary, grad_quadratic, None, None, None, None, None, None
+        return grad_unary, grad_quadratic, None, None, None, None, None, None, None
 
 
 def _flip(meta: tuple[torch.dtype, torch.device]) -> tuple[torch.device, torch.dtype]:
@@ -111,12 +111,15 @@ def blackbox_matching(
     lambda_val: float = 80.0,
     loss_scale: LossScale = None,
     fidelity: bool = False,
+    solver_options: dict[str, Any] | None = None,
 ) -> Tensor:
     """Differentiable (black-box) graph matching; shapes as :func:`solve_graph_matching`.
 
     ``loss_scale``: the AMP loss scale the incoming gradient carries (a number, a 0-d tensor
     or a callable such as ``scaler.get_scale``, read at backward time); ignored when
-    ``fidelity=True``, which mimics the original's loss-scale-unaware backward.
+    ``fidelity=True``, which mimics the original's loss-scale-unaware backward. ``solver_options``:
+    keyword arguments of the solver for the forward and the backward solve (``{"search": 0}``:
+    ``"auto"`` without its search, as the MGA training step runs it).
     """
     if not lambda_val > 0:
         raise ValueError(f"lambda_val must be > 0, got {lambda_val}")
@@ -124,5 +127,6 @@ def blackbox_matching(
     b = unary.shape[0]
     edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
     edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b
-    matching = BlackboxMatching.apply(unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity)
+    matching = BlackboxMatching.apply(unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity,
+                                      dict(solver_options or {}))
     return matching[0] if unbatched else matching

@@ -48,7 +48,7 @@ def build_alignment_network(settings: MGASettings, hidden_size: int) -> nn.Modul
     return MultiGraphAlignment(
         in_features=hidden_size, hidden_features=settings.hidden_features, k=settings.k,
         lambda_val=settings.lambda_val, gumbel_scale=settings.gumbel_scale, solver=settings.solver,
-        message_flow=settings.message_flow, fidelity=settings.fidelity,
+        solver_search=settings.solver_search, message_flow=settings.message_flow, fidelity=settings.fidelity,
         use_message_passing=settings.use_message_passing, seed=settings.seed)
 
 

@@ -71,6 +71,7 @@ class ExGraMedConfig(LlamaConfig):
     mga_lambda: float = _MGA_DEFAULTS.lambda_val
     mga_gumbel_scale: float = _MGA_DEFAULTS.gumbel_scale
     mga_solver: str = _MGA_DEFAULTS.solver
+    mga_solver_search: int = _MGA_DEFAULTS.solver_search
     mga_hidden_features: int | None = _MGA_DEFAULTS.hidden_features
     mga_message_flow: str = _MGA_DEFAULTS.message_flow
     mga_use_message_passing: bool = _MGA_DEFAULTS.use_message_passing

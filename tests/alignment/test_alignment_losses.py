@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from exgramed_plugin.alignment import PROBLEM_NAMES, MultiGraphAlignment, hamming_loss
+from exgramed_plugin.alignment import PROBLEM_NAMES, SOLVERS, MultiGraphAlignment, hamming_loss
 
 
 def test_hamming_loss_against_hand_counts():
@@ -119,3 +119,26 @@ def test_learning_aligns_three_modalities_sharing_structure():
         optimizer.step()
     assert initial < 0.7
     assert accuracy() == 1.0
+
+
+def _mga_run(solver, solver_search=0, seed=3):
+    torch.manual_seed(0)  # the same GNN weights for each module
+    mga = MultiGraphAlignment(in_features=8, solver=solver, solver_search=solver_search).eval()
+    nodes = make_nodes(12, 8, seed=seed)
+    out = mga(*nodes, generator=torch.Generator().manual_seed(seed))
+    out.loss.backward()
+    return out.matchings, [z.grad for z in nodes]
+
+
+def test_the_training_step_runs_auto_without_its_search_unless_told(monkeypatch):
+    """12 nodes: above 10 x 10, so "auto" = IPFP + search, and ``solver_search=0`` (the default) = IPFP."""
+    ipfp, ipfp_grads = _mga_run("ipfp")
+    step, step_grads = _mga_run("auto")
+    assert torch.equal(step, ipfp) and all(torch.equal(a, b) for a, b in zip(step_grads, ipfp_grads))
+    seen = []
+    original = SOLVERS["auto"]
+    monkeypatch.setitem(SOLVERS, "auto", lambda problem, **options: seen.append(options) or original(problem, **options))
+    _mga_run("auto", solver_search=50)
+    assert seen == [{"search": 50}, {"search": 50}]  # the forward and the backward (perturbed) solve
+    with pytest.raises(ValueError, match="needs solver='auto'"):
+        MultiGraphAlignment(in_features=8, solver="ipfp", solver_search=5)

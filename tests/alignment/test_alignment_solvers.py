@@ -306,9 +306,33 @@ def test_iterated_local_search_improves_on_ipfp_for_hard_costs():
     assert gap(ils) < 0.5 * gap(ipfp)
 
 
+def test_tabu_search_improves_on_ipfp_and_often_reaches_the_optimum():
+    problems = gaussian_instances(6, 7, seed=5)
+    exact = matching_objective(solve_graph_matching(*problems, solver="exact"), *problems)
+    ipfp = matching_objective(solve_graph_matching(*problems, solver="ipfp"), *problems)
+    found = solve_graph_matching(*problems, solver="tabu")
+    assert bool((found.sum(1) <= 1).all()) and bool((found.sum(2) <= 1).all())
+    tabu = matching_objective(found, *problems)
+    assert bool((tabu <= ipfp + 1e-12).all()) and bool((tabu >= exact - 1e-9).all())
+    assert int((ipfp > exact + 1e-6).sum()) >= 2  # hard for the heuristic alone ...
+    assert int((tabu <= exact + 1e-9).sum()) >= 5  # ... not for the search
+
+
+def test_default_solver_searches_above_ten_by_ten_unless_told_not_to():
+    problems = gaussian_instances(6, 11, seed=3, k=4)
+    ipfp = matching_objective(solve_graph_matching(*problems, solver="ipfp"), *problems)
+    torch.testing.assert_close(matching_objective(solve_graph_matching(*problems, search=0), *problems), ipfp,
+                               rtol=0, atol=0)
+    searched = matching_objective(solve_graph_matching(*problems), *problems)
+    assert bool((searched <= ipfp + 1e-12).all()) and bool((searched < ipfp - 1e-6).any())
+    with pytest.raises(ValueError, match="search must be >= 0"):
+        solve_graph_matching(*problems, search=-1)
+
+
 @pytest.mark.parametrize("solver,n,options", [
     ("auto", 7, {}),  # branch-and-bound path
-    ("auto", 11, {}),  # IPFP path
+    ("auto", 11, {}),  # IPFP + tabu search path
+    ("tabu", 9, {"iterations": 150, "patience": 40}),
     ("auto", 8, {"exact_budget": 200}),  # budget runs out: iterated local search fallback
     ("bnb", 8, {"node_budget": 300}),  # budget runs out for some problems only
     ("ils", 9, {"rounds": 6, "parallel": 4}),
@@ -342,7 +366,7 @@ def test_searches_leave_the_global_generators_alone():
     np.random.seed(123)
     torch.manual_seed(123)
     numpy_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
-    for solver in ("auto", "ils", "bnb"):
+    for solver in ("auto", "ils", "bnb", "tabu"):
         solve_graph_matching(*problems, solver=solver)
     assert (np.random.get_state()[1] == numpy_state).all() and torch.equal(torch.get_rng_state(), torch_state)
 

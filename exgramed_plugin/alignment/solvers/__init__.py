@@ -4,9 +4,11 @@ The original used LPMP, which cannot be installed (its sdist has no C++ sources)
 is in :mod:`.problem`; each solver has its own module, and this one is the registry:
 
 * ``"auto"`` (default): IPFP, then on small problems (n * m <= 100) branch-and-bound from it,
-  exact within its node budget (:mod:`.auto`).
+  exact within its node budget, on larger ones tabu search from it (``search`` iterations per
+  node, ``0`` in the MGA training step) (:mod:`.auto`).
 * ``"ipfp"``: integer projected fixed point from the LAP, then local search (:mod:`.ipfp`).
-* ``"ils"``: iterated local search from the IPFP answer, for hard costs at n >= 16 (:mod:`.restarts`).
+* ``"tabu"``: tabu search from the IPFP answer (:mod:`.tabu`).
+* ``"ils"``: iterated local search from the IPFP answer, many kicked restarts (:mod:`.restarts`).
 * ``"bnb"``: branch-and-bound from the IPFP answer, within a node budget (:mod:`.branch_and_bound`).
 * ``"lap"``: exact on the unary part only, the quadratic costs ignored (:mod:`.lap`).
 * ``"fgw"``: POT's fused Gromov-Wasserstein, a structural reference (:mod:`.fgw`).
@@ -43,6 +45,7 @@ from .problem import (  # noqa: F401  (private names: used by blackbox.py, the t
     prepare_problem,
 )
 from .restarts import iterated_local_search, solve_ils
+from .tabu import solve_tabu, tabu_search
 
 __all__ = [
     "DEFAULT_SOLVER",
@@ -57,12 +60,14 @@ __all__ = [
     "solve_auto",
     "solve_ipfp",
     "solve_ils",
+    "solve_tabu",
     "solve_branch_and_bound",
     "solve_lap",
     "solve_fgw",
     "solve_exact",
     "branch_and_bound",
     "iterated_local_search",
+    "tabu_search",
     "register_solver",
 ]
 
@@ -72,6 +77,7 @@ SolverFn = Callable[..., Tensor]
 SOLVERS: dict[str, SolverFn] = {
     "auto": solve_auto,
     "ipfp": solve_ipfp,
+    "tabu": solve_tabu,
     "ils": solve_ils,
     "bnb": solve_branch_and_bound,
     "lap": solve_lap,
