@@ -18,7 +18,6 @@ def solve_ipfp(
     patience: int = 2,
     local_search: bool = True,
     local_search_iter: int | None = None,
-    start: np.ndarray | None = None,
 ) -> Tensor:
     """IPFP from the LAP solution, keeping the best discrete iterate, then local search.
 
@@ -36,10 +35,7 @@ def solve_ipfp(
     unary = _unary_array(problem)
     flat_unary = unary.reshape(b, n * m)
     one_hot = np.eye(m + 1, m)  # row m ("unassigned") is zero
-    if start is None:
-        _lap_into(unary, assignment, range(b))
-    else:
-        assignment[:] = start
+    _lap_into(unary, assignment, range(b))
     x = np.take(one_hot, assignment % (m + 1), axis=0).reshape(b, n * m)
     gradients = _gradients(tables, assignment)
     best_assignment, best_gradients = assignment.copy(), gradients.copy()
