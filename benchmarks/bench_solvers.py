@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step-repeats", type=int, default=300)
     parser.add_argument("--no-pygm", action="store_true")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="SOLVER",
+                        help="leave these rows out (and out of the best-of-all reference), e.g. tabu-long")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -221,7 +223,7 @@ def main() -> None:
         for n in args.sizes:
             batch = 6 if n <= 64 else 1
             batches = args.batches or (10 if n <= 8 else 7 if n <= 64 else 3)
-            names = solvers_for(n, not args.no_pygm)
+            names = [name for name in solvers_for(n, not args.no_pygm) if name not in args.skip]
             values: dict[str, list[torch.Tensor]] = {}
             times: dict[str, list[float]] = {}
             for seed in range(batches):
