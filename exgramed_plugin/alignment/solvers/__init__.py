@@ -4,8 +4,8 @@ The original used LPMP, which cannot be installed (its sdist has no C++ sources)
 is in :mod:`.problem`; each solver has its own module, and this one is the registry:
 
 * ``"auto"`` (default): IPFP, then on small problems (n * m <= 100) branch-and-bound from it,
-  exact within its node budget, on larger ones tabu search from it (``search`` iterations per
-  node, ``0`` in the MGA training step) (:mod:`.auto`).
+  exact within its node budget; on larger ones up to 64 x 64, tabu search and then iterated local
+  search from it (``search=0``, the MGA training step's default: the IPFP answer) (:mod:`.auto`).
 * ``"ipfp"``: integer projected fixed point from the LAP, then local search (:mod:`.ipfp`).
 * ``"tabu"``: tabu search from the IPFP answer (:mod:`.tabu`).
 * ``"ils"``: iterated local search from the IPFP answer, many kicked restarts (:mod:`.restarts`).
