@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .data.jsonio import print_summary, summaries_printed
+
 
 # make-tiny options that shape an exgra_med checkpoint only (refused with another --model-type).
 _EXGRA_MED_TINY_OPTIONS = ("dense_connector", "image_size", "patch_size", "hidden_size", "num_layers", "projector",
@@ -23,8 +25,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         out = make_tiny_model(args.model_type, args.out, seed=args.seed)
+        template = TINY_MODEL_TEMPLATES[args.model_type]
         print(f"tiny {args.model_type} checkpoint written to {out} (load it with --model_type {args.model_type} "
-              f"--template {TINY_MODEL_TEMPLATES[args.model_type]})")
+              f"--template {template})")
+        print_summary({"out": str(out), "model_type": args.model_type, "template": template})
         return 0
     from .data.tiny import make_tiny_checkpoint
     out = make_tiny_checkpoint(args.out, dense_connector=args.dense_connector, image_size=args.image_size,
@@ -32,6 +36,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
                                projector_type=args.projector, use_im_start_end=not args.no_im_start_end,
                                seed=args.seed)
     print(f"tiny exgra_med checkpoint written to {out}")
+    print_summary({"out": str(out), "model_type": "exgra_med", "template": "exgra_med"})
     return 0
 
 
@@ -40,6 +45,7 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     data = make_demo_data(args.out, image_size=args.image_size, seed=args.seed)
     for name, path in data.__dict__.items():
         print(f"{name:16s} {path}")
+    print_summary({name: str(path) for name, path in data.__dict__.items()})
     return 0
 
 
@@ -54,6 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nexgramed demo finished. Written:")
     for name, path in result.__dict__.items():
         print(f"  {name:20s} {path}")
+    print_summary({name: str(path) for name, path in result.__dict__.items()})
     return 0
 
 
@@ -92,6 +99,8 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
               "swift's web UI with the exgra_med plugin loaded (127.0.0.1 by default)"),
     "doctor": ("exgramed_plugin.doctor", "main",
                "check this machine: packages and their versions, GPU, extras, data root, hub, registration"),
+    "sft": ("exgramed_plugin.sft", "main",
+            "run a swift sft recipe from any directory (RECIPE [swift overrides]; the plugin path resolved)"),
 }
 
 
@@ -138,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     for name, (_, _, help_text) in DELEGATED_COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text.replace("%", "%%"), add_help=False)  # argparse %-formats help
     return parser
 
 
@@ -157,21 +166,48 @@ def _is_bad_input(error: ValueError) -> bool:
     return False
 
 
+def _print_failure(command: str | None, exit_code: int, error: str | None = None) -> None:
+    """The last stdout line of a failed command, unless the command printed its own summary."""
+    facts: dict[str, object] = {"command": command, "exit_code": exit_code}
+    if error:
+        facts["error"] = error
+    print_summary(facts, ok=False)
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in DELEGATED_COMMANDS:
+        return _run_delegated(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Bad input ends with exit code 2 and its ``FILE:LINE:COLUMN: ...`` (or file, row id and field)
-    as the last line of stderr, not a traceback, whichever subcommand met it."""
+    as the last line of stderr, not a traceback, whichever subcommand met it. The last stdout line
+    is a JSON object (``{"ok": true, ...facts}`` from the command, ``{"ok": false, ...}`` on failure)."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="[exgramed] %(message)s")
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    printed = summaries_printed()
     try:
-        if argv and argv[0] in DELEGATED_COMMANDS:
-            return _run_delegated(argv[0], argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.handler(args)
+        code = _dispatch(argv)
+    except SystemExit as exit_:  # argparse's usage errors, SystemExit("message"); --help exits 0
+        if exit_.code not in (0, None):
+            _print_failure(command, exit_.code if isinstance(exit_.code, int) else 1,
+                           None if isinstance(exit_.code, int) else str(exit_.code))
+        raise
     except ValueError as error:
+        _print_failure(command, 2 if _is_bad_input(error) else 1, f"{type(error).__name__}: {error}")
         if not _is_bad_input(error):
             raise
         print(error, file=sys.stderr)
         return 2
+    except BaseException as error:
+        _print_failure(command, 130 if isinstance(error, KeyboardInterrupt) else 1, f"{type(error).__name__}: {error}")
+        raise
+    if code and summaries_printed() == printed:
+        _print_failure(command, code)
+    return code
 
 
 if __name__ == "__main__":

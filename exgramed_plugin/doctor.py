@@ -33,6 +33,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from .data.jsonio import print_summary
 from .hub import hub_is_reachable
 
 Status = Literal["ok", "warn", "fail"]
@@ -377,4 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args([] if argv is None else argv)
     checks = run_checks()
     print(render(checks))
-    return exit_status(checks)
+    status = exit_status(checks)
+    print_summary({"checks": [check.__dict__ for check in checks]}, ok=status == 0)
+    return status

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.jsonio import JsonFileError, read_json
+from .data.jsonio import JsonFileError, print_summary, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,9 @@ def hub_is_reachable(timeout: float = NETWORK_PROBE_TIMEOUT_S) -> bool:
     return True
 
 
-def manual_placement_hint(repo: HubRepo, cache_dir: Path | None, data_root: Path) -> str:
-    """How to get the files of ``repo`` onto this machine without this command's network access."""
+def manual_placement_hint(repo: HubRepo, cache_dir: Path | None, data_root: Path, model_flag: str = "--model") -> str:
+    """How to get the files of ``repo`` onto this machine without this command's network access;
+    ``model_flag``: the option of the calling command that takes a checkpoint folder."""
     kind = "--repo-type dataset " if repo.repo_type == "dataset" else ""
     prefix = "datasets" if repo.repo_type == "dataset" else "models"
     cache = cache_dir or Path("$HF_HUB_CACHE (default ~/.cache/huggingface/hub)")
@@ -149,7 +150,7 @@ def manual_placement_hint(repo: HubRepo, cache_dir: Path | None, data_root: Path
                      f"{', '.join(repo.expected_files[:3])}{', ...' if len(repo.expected_files) > 3 else ''}; "
                      "the registered dataset names then work without this command), or")
     else:
-        lines.append("  * pass the folder itself as `--model <folder>`, or")
+        lines.append(f"  * pass the folder itself as `{model_flag} <folder>`, or")
     lines.append(f"  * lay it out as the hub cache: {cache}/{prefix}--{repo.repo_id.replace('/', '--')}/"
                  "snapshots/<commit>/<files> with refs/main holding <commit>, and rerun this command.")
     return "\n".join(lines)
@@ -255,7 +256,7 @@ class DownloadResult:
 
 
 def fetch_snapshot(repo: HubRepo, *, cache_dir: Path | None, local_only: bool, revision: str | None,
-                   data_root: Path) -> Path:
+                   data_root: Path, model_flag: str = "--model") -> Path:
     """``snapshot_download`` into the hub cache (resumes partial files); errors name the repo."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -268,13 +269,13 @@ def fetch_snapshot(repo: HubRepo, *, cache_dir: Path | None, local_only: bool, r
         why = ("not in the local hub cache and the hub is not reachable (offline)" if local_only
                else f"download failed: {type(error).__name__}: {error}")
         raise HubDownloadError(f"{repo.repo_id} ({repo.repo_type}): {why}.\n"
-                               f"{manual_placement_hint(repo, cache_dir, data_root)}") from error
+                               f"{manual_placement_hint(repo, cache_dir, data_root, model_flag)}") from error
     return Path(path)
 
 
 def download(names: Sequence[str], *, cache_dir: str | Path | None = None, data_root: str | Path | None = None,
              checkpoints_dir: str | Path | None = None, offline: bool | None = None, revision: str | None = None,
-             extract: bool = True) -> list[DownloadResult]:
+             extract: bool = True, model_flag: str = "--model") -> list[DownloadResult]:
     """Fetch the named repos (see :data:`ALL_REPOS`); data repos are placed under ``data_root``.
 
     ``offline=None`` follows ``HF_HUB_OFFLINE`` and falls back to the cache when the hub does not
@@ -296,12 +297,12 @@ def download(names: Sequence[str], *, cache_dir: str | Path | None = None, data_
     if offline:  # fail fast, before placing anything
         for repo in repos:
             snapshots[repo.name] = fetch_snapshot(repo, cache_dir=cache, local_only=True, revision=revision,
-                                                  data_root=root)
+                                                  data_root=root, model_flag=model_flag)
     results = []
     for repo in repos:
         logger.info("%s (%s)", repo.repo_id, repo.repo_type)
         snapshot = snapshots.get(repo.name) or fetch_snapshot(repo, cache_dir=cache, local_only=False,
-                                                               revision=revision, data_root=root)
+                                                               revision=revision, data_root=root, model_flag=model_flag)
         local_path: Path | None = None
         problems: list[str] = []
         files = sum(1 for p in snapshot.rglob("*") if not p.is_dir())
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.repo_type == "dataset" for r in results):
         root = Path(args.data_root).expanduser() if args.data_root else default_data_root()
         print(f"\nfor the registered dataset names: export {DATA_ROOT_ENV}={root.resolve()}")
-    print(json.dumps({"repos": [r.__dict__ for r in results]}))
+    print_summary({"repos": [r.__dict__ for r in results]})
     return 1 if any(r.problems for r in results) else 0
 
 

@@ -14,6 +14,16 @@ DATA_TEMPLATES = REPO_ROOT / "data_templates"
 DEMO_QUESTIONS = 8  # questions of the `demo` fixture (the first of the demo test split)
 
 
+def last_summary(stdout: str, ok: bool = True) -> dict:
+    """The JSON object an ``exgramed`` command prints as its last stdout line (README), checked for ``ok``."""
+    import json
+    lines = stdout.strip().splitlines()
+    assert lines, "the command printed nothing on stdout"
+    summary = json.loads(lines[-1])
+    assert isinstance(summary, dict) and summary.get("ok") is ok, lines[-1]
+    return summary
+
+
 def padded_and_padding_free(template, rows):
     """The same training rows collated padded and padding-free (one row, as --padding_free builds it)."""
     encoded = [template.encode(row, return_length=True) for row in rows]

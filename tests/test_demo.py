@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, last_summary
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -122,6 +122,7 @@ def test_demo_from_an_installed_wheel_is_quiet_and_reports_before_and_after(tmp_
     output = result.stdout
     assert result.returncode == 0, output[-5000:]
     assert output.count("\n") < 60, output
+    assert last_summary(output)["report_html"].endswith("report.html")
     assert "run sh:" not in output  # swift's own output is in the logs only
 
     logs = out / "logs"

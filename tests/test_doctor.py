@@ -10,7 +10,7 @@ import tomllib
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, last_summary
 from exgramed_plugin import doctor
 from exgramed_plugin.cli import main as cli_main
 
@@ -37,6 +37,7 @@ def test_doctor_passes_on_this_machine(capsys, monkeypatch, no_sockets):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli_main(["doctor"]) == 0
     table = capsys.readouterr().out
+    assert {check["name"] for check in last_summary(table)["checks"]} >= set(CHECK_NAMES)
     for name in CHECK_NAMES:
         assert f" {name} " in table, name
     assert "\nFAIL" not in table

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from conftest import DATA_TEMPLATES
+from conftest import DATA_TEMPLATES, last_summary
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -95,8 +95,7 @@ def test_cli_follows_hf_hub_offline(cache, tmp_path, capsys):
     assert "MERGE-Group/exgra-med-dci" in capsys.readouterr().err
     assert main(["exgra-med", "--cache-dir", str(cache), "--checkpoints-dir", str(tmp_path / "ckpt")]) == 0
     assert json.loads((tmp_path / "ckpt" / "exgra-med" / "config.json").read_text()) == {"model_type": "llava"}
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last)["repos"][0]["repo_id"] == "MERGE-Group/exgra-med"
+    assert last_summary(capsys.readouterr().out)["repos"][0]["repo_id"] == "MERGE-Group/exgra-med"
 
 
 def test_names_and_groups():

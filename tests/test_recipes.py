@@ -2,6 +2,7 @@
 with its template."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,39 @@ def test_stage_hyper_parameters_follow_the_original_scripts():
     assert load("finetune_slake_dci")["num_train_epochs"] == 18 and load("finetune_pathvqa")["learning_rate"] == 3e-5
     assert load("stage2_exgramed_10")["dataset"] == "llava_med_instruct_10"
     assert load("stage2_exgramed_zero3")["deepspeed"] == "zero3"
+
+
+def _alignment_recipes() -> dict[tuple, list[Path]]:
+    """Recipes that train with the alignment (alpha > 0), grouped by what decides which modules train."""
+    groups: dict[tuple, list[Path]] = {}
+    for recipe in RECIPES:
+        content = yaml.safe_load(recipe.read_text())
+        if content.get("loss_type") != "exgra_mga" or content.get("ENV", {}).get("MGA_ALPHA") == "0":
+            continue
+        key = tuple(json.dumps(content.get(k), sort_keys=True) for k in (
+            "model_type", "tuner_type", "freeze_llm", "freeze_vit", "freeze_aligner", "modules_to_save",
+            "target_modules", "lora_rank"))
+        groups.setdefault(key, []).append(recipe)
+    return groups
+
+
+ALIGNMENT_RECIPE_GROUPS = list(_alignment_recipes().values())
+
+
+@pytest.mark.parametrize("recipes", ALIGNMENT_RECIPE_GROUPS, ids=["+".join(r.stem for r in g) for g in
+                                                                  ALIGNMENT_RECIPE_GROUPS])
+def test_recipe_trains_the_modules_its_image_nodes_come_from(registered, request, recipes, tmp_path, monkeypatch):
+    # After swift's own model preparation (loader, head, LoRA / freeze flags) as `swift sft <recipe>` does it.
+    from prepared_models import TINY_FIXTURES, prepared_model
+
+    from exgramed_plugin.head.builtin import IMAGE_NODE_MODULES, frozen_image_nodes, model_with_head
+    content = yaml.safe_load(recipes[0].read_text())
+    for key, value in content.pop("ENV", {}).items():
+        monkeypatch.setenv(key, value)
+    model_type = content["model_type"]
+    model = prepared_model(content, request.getfixturevalue(TINY_FIXTURES[model_type]), tmp_path)
+    prefixes = IMAGE_NODE_MODULES[model_type].prefixes
+    trained = [name for name, p in model.named_parameters()
+               if p.requires_grad and any(f".{prefix}" in f".{name}" for prefix in prefixes)]
+    assert trained, f"{recipes[0].name}: nothing under {prefixes} trains"
+    assert frozen_image_nodes(model_with_head(model), model_type) is None

@@ -77,7 +77,8 @@ _FLOWS = {"original": "source_to_target", "standard": "target_to_source"}
 
 def skipped_output(nodes: dict[str, Tensor], weights: Iterable[Tensor], reason: str, *,
                    hamming_names: Sequence[str] = ()) -> MultiGraphAlignmentOutput:
-    """The output of a step whose batch is too small for the loss: zero, with a gradient path.
+    """The output of a step whose batch is too small for the loss: zero, with a gradient path
+    (NaN when a node is not finite, as any loss of such inputs).
 
     Every input node and weight gets a (zero) gradient, so DDP / ZeRO see the same parameters used
     on every rank whether or not that rank skipped.
@@ -178,9 +179,14 @@ class MultiGraphAlignment(nn.Module):
             raise ValueError(f"MultiGraphAlignment expects three [B, d] tensors of equal shape, got {shapes}")
         if shapes["image"][1] != self.in_features:
             raise ValueError(f"node features have size {shapes['image'][1]}, the module expects {self.in_features}")
+
+    @staticmethod
+    def _non_finite(nodes: dict[str, Tensor]) -> str | None:
+        """Which node set holds NaN or infinity (None when all are finite)."""
         for name, z in nodes.items():
             if not bool(torch.isfinite(z).all()):
-                raise ValueError(f"MultiGraphAlignment: the {name} node features contain NaN or infinity")
+                return f"the {name} node features contain NaN or infinity"
+        return None
 
     def _skip(self, nodes: dict[str, Tensor], reason: str) -> MultiGraphAlignmentOutput:
         weights = self.gnn.parameters() if self.use_message_passing else ()
@@ -201,6 +207,9 @@ class MultiGraphAlignment(nn.Module):
         """
         nodes = {"image": z_image, "text": z_text, "extended": z_extended}
         self._check_inputs(nodes)
+        non_finite = self._non_finite(nodes)
+        if non_finite:  # a NaN loss (no matching): the trainer's guard names the step, an fp16 scaler skips it
+            return self._skip(nodes, non_finite)
         num_nodes = z_image.shape[0]
         if num_nodes < 2:
             return self._skip(nodes, f"batch of {num_nodes} sample: a graph needs at least 2 nodes")

@@ -35,7 +35,8 @@ from typing import Any
 
 from exgramed_plugin.concurrency import run_concurrently
 from exgramed_plugin.data.conversation import find_conversation_pair
-from exgramed_plugin.data.jsonio import JsonlAppender, read_json, read_jsonl_records, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import (JsonlAppender, print_summary, read_json, read_jsonl_records, write_json,
+                                         write_jsonl)
 from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_report(report))
+    print_summary(asdict(report), ok=report.complete)
     if report.interrupted:
         return 130
     return 0 if report.complete else 1

@@ -176,6 +176,19 @@ def read_json_or_jsonl(path: str | os.PathLike) -> list[JsonRow]:
     return _jsonl_rows(path, text, drop_torn_last_line=False)
 
 
+_EMPTY_DATA = re.compile(r"\s*(\[\s*\])?\s*")
+_SMALL_FILE = 4096  # an empty JSON list or JSONL file with more bytes than this is only whitespace
+
+
+def holds_no_rows(path: str | os.PathLike) -> bool:
+    """Whether a JSON list / JSON Lines file holds no row at all (``[]``, blank lines, zero bytes);
+    cheap: a file of more than a few KiB is never read."""
+    path = Path(path)
+    if path.stat().st_size > _SMALL_FILE:
+        return False
+    return _EMPTY_DATA.fullmatch(path.read_text(encoding="utf-8", errors="replace")) is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +202,21 @@ def _escape_line_breaks(text: str) -> str:
 def dumps_line(obj: Any) -> str:
     """One JSONL line without its ``"\\n"``: UTF-8 kept readable, line-break characters escaped."""
     return _escape_line_breaks(json.dumps(obj, ensure_ascii=False))
+
+
+_SUMMARIES: list[int] = [0]
+
+
+def print_summary(facts: dict[str, Any], *, ok: bool = True) -> None:
+    """A command's last stdout line: one JSON object with ``ok`` and its facts (paths, counts), for
+    scripts (README: every ``exgramed`` command ends so; ``cli.main`` writes it on failure)."""
+    _SUMMARIES[0] += 1
+    print(dumps_line({"ok": ok, **facts}), flush=True)
+
+
+def summaries_printed() -> int:
+    """How many summaries this process printed (``cli.main``: did the command end with its own?)."""
+    return _SUMMARIES[0]
 
 
 def append_jsonl(handle: IO[str], obj: Any) -> None:

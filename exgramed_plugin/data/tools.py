@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import ROLE_FROM, find_conversation_pair
-from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def subset_main(argv: list[str] | None = None) -> int:
         print(f"{r.source}: {r.ids_out}/{r.ids_in} ids, {r.rows_out}/{r.rows_in} rows -> {r.out}")
     if len(results) == 2:
         print(f"ids kept in both files: {results[0].shared_ids_out}")
-    print(json.dumps({"fraction": args.fraction, "seed": args.seed, "files": [r.__dict__ for r in results]}))
+    print_summary({"fraction": args.fraction, "seed": args.seed, "files": [r.__dict__ for r in results]})
     return 0
 
 
@@ -216,7 +216,7 @@ def build_candidates_main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"0": answers})
     print(f"{len(answers)} candidate answers -> {out}")
-    print(json.dumps({"out": str(out), "candidates": len(answers)}))
+    print_summary({"out": str(out), "candidates": len(answers)})
     return 0
 
 
@@ -345,7 +345,7 @@ def _converter_main(direction: str, argv: list[str] | None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{count} rows -> {args.dst}")
-    print(json.dumps({"src": args.src, "dst": args.dst, "rows": count}))
+    print_summary({"src": args.src, "dst": args.dst, "rows": count})
     return 0
 
 

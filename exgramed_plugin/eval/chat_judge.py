@@ -26,7 +26,7 @@ from typing import Any
 
 from exgramed_plugin.concurrency import run_concurrently
 from exgramed_plugin.data.conversation import IMAGE_TAG
-from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import JsonlAppender, print_summary, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
 from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, out_json, out_jsonl)
     print(format_table(report))
     print(f"\nwrote {out_json} and {out_jsonl}")
+    complete = report.counts[STATUS_OK] == report.counts["questions"]
+    print_summary({"report": str(out_json), "reviews": str(out_jsonl), "counts": report.counts}, ok=complete)
     return 0 if report.counts[STATUS_OK] == report.counts["questions"] else 1
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from exgramed_plugin.data.jsonio import write_json
+from exgramed_plugin.data.jsonio import print_summary, write_json
 from exgramed_plugin.eval import medevalkit_metrics as mek
 from exgramed_plugin.eval.eval_vqa import (
     VQAReport,
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {files.markdown}, {files.html}, {files.json} and {files.plot}")
+    print_summary({"markdown": str(files.markdown), "html": str(files.html), "json": str(files.json),
+                   "plot": str(files.plot)})
     return 0
 
 

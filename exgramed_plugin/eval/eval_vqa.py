@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import IMAGE_TAG, find_conversation_pair
-from exgramed_plugin.data.jsonio import read_json, read_json_or_jsonl
+from exgramed_plugin.data.jsonio import print_summary, read_json, read_json_or_jsonl
 from exgramed_plugin.eval import medevalkit_metrics as mek
 from exgramed_plugin.eval.vqa_metrics import (
     BLEU_WEIGHTS,
@@ -612,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, out_json, out_csv)
     print(format_report_table(report))
     print(f"\nwrote {out_json} and {out_csv}")
+    print_summary({"metrics": str(out_json), "per_question": str(out_csv), "counts": report.counts, "original": report.original})
     return 0
 
 

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import IMAGE_TAG
-from exgramed_plugin.data.jsonio import JsonFileError, append_jsonl, read_json_or_jsonl, read_jsonl, write_jsonl
+from exgramed_plugin.data.jsonio import (JsonFileError, append_jsonl, print_summary, read_json_or_jsonl, read_jsonl,
+                                         write_jsonl)
 from exgramed_plugin.settings import TemplateSettings, current_settings
 
 logger = logging.getLogger(__name__)
@@ -557,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
               f"command (same --out): exgramed predict {shlex.join(argv)}", file=sys.stderr)
         return 130
     count = len(read_jsonl(out))
-    print(json.dumps({"answers": str(out), "rows": count}))
     print(f"wrote {count} answers to {out}; score them with: exgramed eval-vqa --gt {args.questions} --pred {out}")
+    print_summary({"answers": str(out), "rows": count})
     return 0
 
 

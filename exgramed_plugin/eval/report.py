@@ -15,13 +15,14 @@ import argparse
 import html
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import read_json, read_jsonl, write_json
+from exgramed_plugin.data.jsonio import print_summary, read_json, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,17 @@ def _last(series: list[tuple[int, float]] | None) -> float | None:
     return series[-1][1] if series else None
 
 
+def effective_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``args.json`` with what swift decided after writing it: ``gradient_accumulation_steps``
+    is saved as null when not given, and swift's TrainingArguments then use
+    ``max(1, ceil(16 / per_device_train_batch_size / world_size))`` (swift/trainers/arguments.py)."""
+    if args.get("gradient_accumulation_steps") is None and args.get("per_device_train_batch_size"):
+        world = int(args.get("global_world_size") or 1)
+        args = {**args, "gradient_accumulation_steps": max(1, math.ceil(16 / int(args["per_device_train_batch_size"])
+                                                                      / world))}
+    return args
+
+
 def build_report(run: str | Path, evals: Sequence[str | Path] = (), out_dir: str | Path | None = None) -> ReportFiles:
     """Write ``report.md``, ``report.html``, ``report.json`` and the PNG plots into ``out_dir``."""
     logging_path = find_logging_file(run)
@@ -283,7 +295,7 @@ def build_report(run: str | Path, evals: Sequence[str | Path] = (), out_dir: str
     args_path = logging_path.parent / "args.json"
     if args_path.is_file():
         try:
-            args = read_json(args_path)
+            args = effective_arguments(read_json(args_path))
             keys = ("model", "dataset", "tuner_type", "learning_rate", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "eval_metric")
             doc.table(["argument", "value"], [[k, json.dumps(args.get(k))] for k in keys if k in args])
@@ -401,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {files.markdown}, {files.html} and {len(files.plots)} plot(s)")
-    print(json.dumps({"markdown": str(files.markdown), "html": str(files.html), "json": str(files.json),
-                      "plots": [str(p) for p in files.plots]}))
+    print_summary({"markdown": str(files.markdown), "html": str(files.html), "json": str(files.json),
+                   "plots": [str(p) for p in files.plots]})
     return 0
 
 

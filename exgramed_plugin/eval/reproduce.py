@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json
+from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 _BENCHMARK_ALIASES = {"vqa-rad": "vqa_rad", "vqarad": "vqa_rad", "path-vqa": "pathvqa", "path_vqa": "pathvqa"}
 SPLITS = ("test", "val", "train")
+CHECKPOINT_FLAG = "--checkpoint"  # this command's option for the model (named in the offline hint)
 
 _SECONDARY_100 = ("docs/method.md §7.2 (secondary, unverified: third-party 'paper note' copies of the tables of "
                   "arXiv 2410.02615; the paper itself could not be read), '100 % comparison (averages)', row "
@@ -95,7 +96,8 @@ def fetch_checkpoint(checkpoint: str, *, offline: bool | None, cache_dir: str | 
         return local
     known = {r.name.lower() for r in hub.CHECKPOINTS} | {r.repo_id.lower() for r in hub.CHECKPOINTS}
     if checkpoint.lower() in known:
-        result, = hub.download([checkpoint], cache_dir=cache_dir, offline=offline, revision=revision)
+        result, = hub.download([checkpoint], cache_dir=cache_dir, offline=offline, revision=revision,
+                               model_flag=CHECKPOINT_FLAG)
         return Path(result.snapshot)
     if checkpoint.count("/") != 1 or checkpoint.startswith((".", "/", "~")):
         raise ValueError(f"--checkpoint {checkpoint!r} is neither a folder nor a hub id (owner/name); published "
@@ -105,7 +107,7 @@ def fetch_checkpoint(checkpoint: str, *, offline: bool | None, cache_dir: str | 
         offline = bool(constants.HF_HUB_OFFLINE) or not hub.hub_is_reachable()
     repo = hub.HubRepo(checkpoint.split("/")[1], checkpoint, "model")
     return hub.fetch_snapshot(repo, cache_dir=None if cache_dir is None else Path(cache_dir), local_only=offline,
-                              revision=revision, data_root=hub.default_data_root())
+                              revision=revision, data_root=hub.default_data_root(), model_flag=CHECKPOINT_FLAG)
 
 
 def benchmark_questions(benchmark: str, split: str, data_root: Path, *, offline: bool | None,
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download a published checkpoint and a benchmark (resumable), predict with the original prompt, "
                     "score with eval-vqa, and print the result next to the paper's number.")
     parser.add_argument("benchmark", help=f"one of {', '.join(BENCHMARKS)}")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument(CHECKPOINT_FLAG, required=True,
                         help="MERGE-Group checkpoint name (e.g. exgra-med-dci-vqa-rad), hub id or local folder")
     parser.add_argument("--data-root", default=None,
                         help="folder holding <VQA-RAD|SLAKE|PATH-VQA>/<split>_w_options_new.json (default: "
@@ -252,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(f"{n} on {b}" for n, b in PAPER_RESULTS)
         print(f"no paper number for {result['paper_checkpoint']} on {result['benchmark']} ({result['split']}); "
               f"known: {known} (--compare-to NAME compares a renamed copy)")
-    print(json.dumps({key: result[key] for key in ("answers", "comparison")}))
     print(f"wrote {Path(out) / 'reproduce.json'}, {Path(out) / 'metrics.json'} and {Path(out) / 'per_question.csv'}")
+    print_summary({key: result[key] for key in ("answers", "comparison")})
     return 0
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import read_json_or_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(no_choice)} answer(s) share no character with any option (difflib: wrong, as originally), "
               f"e.g. {[entry['question_id'] for entry in no_choice[:10]]}")
     print(f"\nwrote {json_path} and {samples_path}")
+    print_summary({"summary": str(json_path), "samples": str(samples_path), "questions": len(samples)})
     return 0
 
 

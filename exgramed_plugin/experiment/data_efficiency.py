@@ -734,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = f"wall time {results['wall_s']:.0f} s; " if results["wall_s"] is not None else ""
     print(f"{wall}written: {args.out / 'results.json'}, {args.out / 'table.md'}, "
           f"{args.out / 'accuracy_vs_fraction.png'}")
+    print_summary({"results": str(args.out / "results.json"), "table": str(args.out / "table.md"),
+                   "plot": str(args.out / "accuracy_vs_fraction.png"), "wall_s": results["wall_s"]})
     return 0
 
 

@@ -40,24 +40,83 @@ NETWORK_NAME = "mga"
 
 
 @dataclass(frozen=True)
+class ImageNodeModules:
+    """The modules a model type's image nodes come from, and how swift can train them.
+
+    ``prefixes``: parameter-name prefixes (in the model that carries the head) of the vision tower
+    and the projector / merger; ``aligner``: the projector's module name, as ``--modules_to_save``
+    takes it; ``aligner_has_linear``: whether LoRA's ``all-linear`` reaches it (Gemma 3's projector
+    is a bare weight matrix, no ``nn.Linear``: only ``--modules_to_save`` trains it under LoRA).
+    """
+
+    prefixes: tuple[str, ...]
+    aligner: str
+    aligner_has_linear: bool = True
+
+
+_PROJECTOR = ImageNodeModules(("model.vision_tower.", "model.multi_modal_projector."), "multi_modal_projector")
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """What the head needs to know about one swift model type."""
 
     model_type: str
     template: str
     image_node_source: str
+    image_node_modules: ImageNodeModules
     position_rows: int = 0  # 4: M-RoPE text models take [text, t, h, w] position ids
 
 
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
-    ModelFamily("qwen2_5_vl", "qwen2_5_vl", "merger output (swift's _post_encode merges it)", position_rows=4),
+    ModelFamily("qwen2_5_vl", "qwen2_5_vl", "merger output (swift's _post_encode merges it)",
+                ImageNodeModules(("model.visual.",), "merger"), position_rows=4),
     ModelFamily("qwen3_vl", "qwen3_vl", "merger output (the model merges it; deepstack features not included)",
-                position_rows=4),
-    ModelFamily("internvl", "internvl_hf", "multi_modal_projector output (pixel-shuffled tiles)"),
-    ModelFamily("llava1_5_hf", "llava1_5_hf", "multi_modal_projector output"),
-    ModelFamily("gemma3_vision", "gemma3_vision", "multi_modal_projector output (pooled soft tokens)"),
+                ImageNodeModules(("model.visual.",), "merger"), position_rows=4),
+    ModelFamily("internvl", "internvl_hf", "multi_modal_projector output (pixel-shuffled tiles)", _PROJECTOR),
+    ModelFamily("llava1_5_hf", "llava1_5_hf", "multi_modal_projector output", _PROJECTOR),
+    ModelFamily("gemma3_vision", "gemma3_vision", "multi_modal_projector output (pooled soft tokens)",
+                ImageNodeModules(_PROJECTOR.prefixes, _PROJECTOR.aligner, aligner_has_linear=False)),
 )}
 SUPPORTED_MODEL_TYPES = ("exgra_med", *FAMILIES)
+IMAGE_NODE_MODULES: dict[str, ImageNodeModules] = {
+    "exgra_med": ImageNodeModules(("model.vision_tower.", "model.mm_projector."), "mm_projector"),
+    **{family.model_type: family.image_node_modules for family in FAMILIES.values()},
+}
+
+
+@dataclass(frozen=True)
+class FrozenImageNodes:
+    """The warning for a run whose image nodes come from frozen modules, and the swift arguments
+    that train them for this model type and tuner (``flags``: argument -> value; a list is added to
+    the run's own list)."""
+
+    message: str
+    flags: dict[str, Any]
+
+
+def frozen_image_nodes(model: nn.Module, model_type: str | None) -> FrozenImageNodes | None:
+    """None when something the image nodes of ``model`` (the module carrying the head, after swift's
+    model preparation) come from trains; else the warning with the way to train it for this type."""
+    source = IMAGE_NODE_MODULES.get(model_type)
+    if source is None:
+        return None
+    named = list(model.named_parameters())
+    # names may carry a wrapper's prefix (peft: "base_model.model.")
+    sourced = [parameter for name, parameter in named if any(f".{prefix}" in f".{name}" for prefix in source.prefixes)]
+    if any(parameter.requires_grad for parameter in sourced):
+        return None
+    where = f"the image nodes of the alignment come from frozen modules ({', '.join(source.prefixes)} of {model_type})"
+    if not any("lora_" in name for name, _ in named):
+        return FrozenImageNodes(f"{where}: pass --freeze_aligner false (or --freeze_vit false) to train them",
+                                {"freeze_aligner": False})
+    to_save = [NETWORK_NAME, source.aligner]
+    how = f"add {source.aligner} to --modules_to_save (--modules_to_save {' '.join(to_save)})"
+    if source.aligner_has_linear:
+        how += ", or pass --freeze_aligner false with --target_modules all-linear for LoRA on its linear layers"
+    else:
+        how += f"; LoRA cannot reach the {model_type} {source.aligner} (no linear layers), --freeze_aligner false does not"
+    return FrozenImageNodes(f"{where}: {how}", {"modules_to_save": to_save})
 
 
 def model_with_head(model: nn.Module) -> nn.Module | None:
@@ -125,12 +184,6 @@ def zero_image_node(model: nn.Module, media: dict[str, Any]) -> Tensor:
     return image_feature_rows(vision.get_image_features(**inputs)).mean(dim=0)
 
 
-def image_node_modules_trainable(model: nn.Module) -> bool:
-    """Whether anything that produces the image nodes (vision tower, merger / projector) trains."""
-    return any(parameter.requires_grad for name, parameter in model.model.named_parameters()
-               if not name.startswith("language_model."))
-
-
 @contextmanager
 def recorded_inputs_embeds(decoder: nn.Module):
     """Record the ``inputs_embeds`` of ``decoder``'s first call inside the block."""
@@ -154,7 +207,6 @@ class BuiltinAlignmentHead(AlignmentHead):
         super().__init__(settings)
         self.family = family
         self.processor = processor
-        self.image_node_training_checked = False
         self._black_image: dict[str, Any] | None = None
 
     def alignment(self, model: nn.Module, lm_inputs_embeds: Tensor, input_ids: Tensor, batch: dict[str, Tensor]):
@@ -164,11 +216,6 @@ class BuiltinAlignmentHead(AlignmentHead):
         states = lm_inputs_embeds[mask.to(lm_inputs_embeds.device)]
         tokens_per_image = batch["mga_image_tokens"].tolist()
         images_per_sample = batch["mga_images_per_sample"].tolist()
-        if not self.image_node_training_checked:  # once: requires_grad is set before training starts
-            self.image_node_training_checked = True
-            if not image_node_modules_trainable(model):
-                logger.warning("the image nodes of the alignment come from frozen modules (swift freezes the aligner "
-                               "by default): pass --freeze_aligner false (or --freeze_vit false) to train them")
         zero_node = None
         if any_rank(0 in images_per_sample, input_ids.device):
             if self._black_image is None:  # processed once, not at every step that needs it

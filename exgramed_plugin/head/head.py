@@ -236,6 +236,6 @@ class AlignmentHead:
             destroy_process_group_at_exit()
         output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale)
         if output.skipped_reason and not self.warned_small_batch:
-            logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
+            logger.warning("alignment skipped for this batch: %s (warned once)", output.skipped_reason)
             self.warned_small_batch = True
         return output

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..data.jsonio import read_json
+from ..data.jsonio import print_summary, read_json
 from .configuration import DENSE_CONNECTOR_TYPES, IMAGE_PATCH_TOKEN, ExGraMedConfig
 from .modeling import ExGraMedForCausalLM
 from .original_checkpoint import MGA_PREFIX, load_original
@@ -163,4 +163,5 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("exgramed convert: --to llava-hf needs a checkpoint without a dense connector")
         out = convert_to_llava_hf(args.src, args.dst, vision_tower=args.vision_tower, dtype=dtype)
     logger.info("converted %s -> %s (%s)", args.src, out, args.to)
+    print_summary({"src": str(args.src), "dst": str(out), "to": args.to})
     return 0

@@ -111,6 +111,26 @@ def check_weight_files(model_dir: str | os.PathLike) -> list[Path]:
     return files
 
 
+_CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def has_weight_files(model_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds weights or a shard index (a folder of config files only has none to check)."""
+    folder = Path(model_dir).expanduser()
+    return any((folder / name).is_file() for name in (*WEIGHT_INDEXES, *_SINGLE_FILES)) or \
+        any(folder.glob("model-*.safetensors")) or any(folder.glob("pytorch_model-*.bin"))
+
+
+def check_checkpoint_folder(folder: str | os.PathLike) -> list[Path]:
+    """Check every weight-like file directly in a training checkpoint or adapter folder (weights,
+    adapter, optimizer, scheduler, RNG state): ``--resume_from_checkpoint`` and ``--adapters``."""
+    files = sorted(path for path in Path(folder).expanduser().iterdir()
+                   if path.is_file() and path.suffix in _CHECKPOINT_FILE_SUFFIXES)
+    for path in files:
+        check_weight_file(path)
+    return files
+
+
 def load_weight_file(path: Path) -> dict[str, Tensor]:
     """All tensors of one (checked) weight file, on the CPU."""
     check_weight_file(path)

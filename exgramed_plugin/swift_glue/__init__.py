@@ -12,6 +12,7 @@ from .model import register_exgra_med_model
 from .resume import register_resume_callback
 from .run_settings import capture_swift_arguments
 from .template import register_exgra_med_template
+from .training_guard import install_non_finite_guard
 
 
 def show_plugin_logs() -> None:
@@ -39,3 +40,4 @@ def register_all() -> None:
     register_exgra_vqa_metric()
     register_builtin_alignment()
     register_resume_callback()
+    install_non_finite_guard()

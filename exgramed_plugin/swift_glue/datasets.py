@@ -22,7 +22,7 @@ from swift.dataset.dataset_syntax import DatasetSyntax
 from swift.dataset.preprocessor import RowPreprocessor
 
 from ..data.formats import EXTRA_COLUMNS, DataFormatError, detect_format, row_to_standard
-from ..data.jsonio import read_json_or_jsonl
+from ..data.jsonio import holds_no_rows, read_json_or_jsonl
 from ..settings import LOSS_TYPE, current_settings
 
 DATA_ROOT_ENV = "EXGRAMED_DATA_ROOT"
@@ -88,7 +88,16 @@ def check_json_file(path: str) -> None:
     """Parse the file before swift does: swift reports a broken file as a generic
     ``DatasetGenerationError``, or a bad JSONL line by 0-based row in a middle log line. Raises
     :class:`JsonFileError` (``FILE:LINE:COLUMN: what is wrong``)."""
+    check_has_rows(path)
     read_json_or_jsonl(path)
+
+
+def check_has_rows(path: str) -> None:
+    """An empty data file (``[]``, e.g. when ``extend-captions`` got no usable reply) is named here;
+    swift reports it as ``Instruction "train" corresponds to no data!`` without the file."""
+    if path.endswith((".json", ".jsonl")) and os.path.isfile(path) and holds_no_rows(path):
+        raise DataFormatError(f"{os.path.abspath(path)}: the data file holds no rows (an empty JSON list or "
+                              "JSON Lines file); a dataset needs at least one row")
 
 
 def file_dataset_meta(path: str, image_root: str | None = None) -> DatasetMeta:
@@ -112,6 +121,7 @@ def route_our_files_to_our_preprocessor() -> None:
 
     def get_dataset_meta(self: DatasetSyntax, use_hf: bool) -> DatasetMeta:
         if self.dataset_type == "path":
+            check_has_rows(self.dataset)
             registered = DatasetSyntax._get_dataset_meta_mapping().get(("path", self.dataset))
             if registered is None and is_our_format(self.dataset):
                 return file_dataset_meta(self.dataset)

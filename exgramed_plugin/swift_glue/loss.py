@@ -17,7 +17,8 @@ from swift.loss import BaseLoss, loss_map
 
 from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head, unsupported_model_type_error
 from ..settings import LOSS_TYPE, current_settings
-from .training_guard import SkippedAlignmentReport, check_finite
+from .loss_scale import applied_loss_scale
+from .training_guard import SkippedAlignmentReport
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,9 @@ class ExGraMedAlignmentLoss(BaseLoss):
         return self.model
 
     def _amp_loss_scale(self) -> float:
-        """The GradScaler's current scale under fp16 AMP, else 1 (the black-box backward divides it out)."""
-        accelerator = getattr(self.trainer, "accelerator", None)
-        scaler = getattr(accelerator, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return 1.0
-        return float(scaler.get_scale())
+        """The loss scale the backward applies (1 without one): the black-box backward divides it out."""
+        scale = applied_loss_scale(self.trainer)
+        return 1.0 if scale is None else scale
 
     def _log(self, name: str, value: torch.Tensor | float) -> None:
         if self.trainer is None or not hasattr(self.trainer, "custom_metrics"):
@@ -81,12 +79,14 @@ class ExGraMedAlignmentLoss(BaseLoss):
         if loss_scale is not None:
             token_loss = token_loss * loss_scale
         local_items = (labels[:, 1:] != -100).sum()
-        self._log("lm_loss", token_loss.sum() / local_items.clamp_min(1))  # finite: the template checked the logits
+        lm_loss = token_loss.sum() / local_items.clamp_min(1)
+        self._log("lm_loss", lm_loss)
         loss = token_loss.sum() / (local_items if num_items_in_batch is None else num_items_in_batch)
         align_loss = getattr(outputs, "align_loss", None)
+        # the terms the non-finite guard checks (training_guard.py), before the backward
+        outputs.loss_terms = {"lm": lm_loss} if align_loss is None else {"lm": lm_loss, "align": align_loss}
         if align_loss is None:
             return loss
-        check_finite("align", align_loss, self.trainer)
         if self.model.training and outputs.align_terms and "mga_graph_nodes" in outputs.align_terms:
             self.skipped_report.count(int(outputs.align_terms["mga_graph_nodes"]))
         self._log("align_loss", align_loss)

@@ -1,4 +1,5 @@
-"""``--resume_from_checkpoint`` for models that carry the alignment head.
+"""``--resume_from_checkpoint`` for models that carry the alignment head (and, at the start of
+training, the warning when the modules its image nodes come from are frozen).
 
 The trainer restores the optimizer, scheduler, RNG and data position; three things it does not:
 
@@ -24,7 +25,7 @@ from swift.callbacks import TrainerCallback
 from torch import nn
 
 from ..data.jsonio import read_json, write_json
-from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head
+from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, frozen_image_nodes, model_with_head
 from ..head.head import distributed_rank
 from ..head.side_file import load_side_file, side_file_path
 from ..modeling.weight_files import check_weight_files, load_weight_file
@@ -78,6 +79,10 @@ class AlignmentHeadCallback(TrainerCallback):
         resume = getattr(args, "resume_from_checkpoint", None)
         model = kwargs.get("model")
         target = model_with_head(model) if model is not None else None
+        if target is not None:  # after swift's model preparation: what trains is known now
+            frozen = frozen_image_nodes(target, getattr(getattr(model, "model_meta", None), "model_type", None))
+            if frozen is not None:
+                logger.warning(frozen.message)
         if not resume or target is None:
             return
         head = getattr(target, HEAD_ATTRIBUTE)

@@ -10,6 +10,7 @@ dataset is made: the one place where the settings are parsed and the run is chec
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -17,14 +18,14 @@ from typing import Any
 
 from swift.arguments.base_args.base_args import BaseArguments
 
-from ..modeling.weight_files import checkpoint_model_type
+from ..modeling.weight_files import (check_checkpoint_folder, check_weight_files, checkpoint_model_type,
+                                      has_weight_files)
 from ..settings import LOSS_TYPE, MGASettings, PluginSettings, SettingsError, parse_settings, use_settings, \
     with_saved_mga
 
 logger = logging.getLogger(__name__)
 HEAD_CALLBACK = "exgramed_mga_head"  # swift_glue/builtin_models.py registers it
 _PATCH_MARK = "_exgramed_patched"
-_OUR_MODEL_TYPES = ("exgra_med",)
 
 
 def settings_from_swift_args(args: Any, environ: dict[str, str] | None = None) -> PluginSettings:
@@ -77,35 +78,128 @@ class _Namespace:
         self.__dict__.update(values)
 
 
-def _local_folder(args: Any) -> str | None:
-    model = getattr(args, "model", None)
-    return model if isinstance(model, str) and os.path.isdir(model) else None
+def _local_folder(path: Any) -> str | None:
+    return path if isinstance(path, str) and os.path.isdir(os.path.expanduser(path)) else None
 
 
 def check_swift_run(args: Any, settings: PluginSettings) -> None:
     """Start-up checks and adjustments of a swift run that uses the plugin.
 
+    * a training run this machine cannot honour (bf16 without a GPU, flash attention without the
+      package, ...) is refused with one message listing every argument to change;
+    * with ``--loss_type exgra_mga``, a ``--model_type`` that does not fit the local checkpoint's
+      architecture is refused (swift would fail inside its loader), naming the types that fit;
     * training with MGA on and no step able to hold a graph of >= 2 samples is refused;
+    * the weight files of a local ``--model``, ``--adapters`` and ``--resume_from_checkpoint`` are
+      checked (a truncated file is named with what is wrong, for every model type);
     * ``--strict`` is turned on for training: a row that fails to encode stops the run instead of
       being replaced by a random row;
-    * ``--check_model`` is turned off for local exgra_med / LLaVA-Med checkpoints: it asks the
-      ModelScope hub about a local folder and waits on the network when there is none.
+    * ``--check_model`` is turned off for a local ``--model`` folder: it asks the ModelScope hub
+      about a local folder and waits on the network when there is none.
     """
     training = hasattr(args, "per_device_train_batch_size")
+    if training:
+        _check_machine(args)
+    if settings.mga.enabled:
+        _check_model_type(args)
     if training and settings.mga.active:
         _check_graph_size(args, settings)
         callbacks = getattr(args, "callbacks", None)
         if isinstance(callbacks, list) and HEAD_CALLBACK not in callbacks:
             callbacks.append(HEAD_CALLBACK)  # restores a built-in model's graph network on resume
+    _check_checkpoint_files(args)
     if training and hasattr(args, "strict") and not args.strict:
         args.strict = True
         logger.info("exgramed: --strict turned on (a row that fails to encode stops the run, naming itself, "
                     "instead of being replaced by a random row)")
-    if getattr(args, "check_model", False) and checkpoint_model_type(_local_folder(args)) in (
-            *_OUR_MODEL_TYPES, "llava"):
+    if getattr(args, "check_model", False) and _local_folder(getattr(args, "model", None)):
         args.check_model = False
-        logger.info("exgramed: --check_model turned off for the local checkpoint %s (it would query the hub)",
-                    args.model)
+        if not _LOGGED_CHECK_MODEL:
+            _LOGGED_CHECK_MODEL.append(True)
+            logger.info("exgramed: --check_model turned off for the local checkpoint %s (it would query the hub)",
+                        args.model)
+
+
+_LOGGED_CHECK_MODEL: list[bool] = []
+_LOW_PRECISION = {"bfloat16", "bf16", "float16", "fp16", "half", "torch.bfloat16", "torch.float16"}
+_FLASH_ATTENTION = {"flash_attn", "flash_attention_2", "flash_attention_3", "flash_attention_4"}
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU-class device (CUDA, Ascend NPU or Intel XPU) to train on."""
+    import torch
+    if torch.cuda.is_available():
+        return True
+    return any(getattr(torch, name, None) is not None and getattr(torch, name).is_available() for name in ("npu", "xpu"))
+
+
+def machine_problems(args: Any, *, accelerator: bool, flash_attn_installed: bool,
+                     deepspeed_installed: bool) -> list[str]:
+    """The training arguments this machine cannot honour, each as the change that fixes it."""
+    problems = []
+    dtype = str(getattr(args, "torch_dtype", None) or "").lower()
+    if not accelerator and not getattr(args, "use_cpu", False):
+        if dtype in _LOW_PRECISION:
+            problems.append(f"--torch_dtype float32 (not {dtype}: bfloat16 / float16 training needs a GPU)")
+        for flag in ("bf16", "fp16"):
+            if getattr(args, flag, None) and dtype not in _LOW_PRECISION:
+                problems.append(f"--{flag} false ({flag} mixed precision needs a GPU)")
+    attention = str(getattr(args, "attn_impl", None) or "").lower()
+    if attention in _FLASH_ATTENTION and not (accelerator and flash_attn_installed):
+        why = "no GPU" if not accelerator else "the flash-attn package is not installed (pip install -e '.[gpu]')"
+        problems.append(f"--attn_impl sdpa (not {attention}: {why})")
+    if getattr(args, "deepspeed", None) and not deepspeed_installed:
+        problems.append("no --deepspeed (DeepSpeed is not installed: pip install -e '.[gpu]')")
+    return problems
+
+
+def _check_machine(args: Any) -> None:
+    problems = machine_problems(args, accelerator=accelerator_available(),
+                                flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
+                                deepspeed_installed=importlib.util.find_spec("deepspeed") is not None)
+    if problems:
+        raise SettingsError("this machine cannot run the training as configured (a GPU recipe on a CPU?); change: "
+                            + "; ".join(problems))
+
+
+def fitting_model_types(model_dir: str) -> list[str]:
+    """The swift model types that fit a local checkpoint's architecture (empty when unknown)."""
+    from swift.model.model_meta import get_matched_model_types
+
+    from ..data.jsonio import read_json
+    from ..modeling.original_config import is_original_checkpoint
+    if is_original_checkpoint(model_dir):
+        return ["exgra_med"]
+    config = read_json(Path(model_dir) / "config.json")
+    return get_matched_model_types(config.get("architectures") if isinstance(config, dict) else None)
+
+
+def _check_model_type(args: Any) -> None:
+    model_type = getattr(args, "model_type", None)
+    folder = _local_folder(getattr(args, "model", None))
+    if not model_type or folder is None or checkpoint_model_type(folder) is None:
+        return
+    fitting = fitting_model_types(folder)
+    if not fitting or model_type in fitting:
+        return
+    from ..head.builtin import FAMILIES, SUPPORTED_MODEL_TYPES
+    supported = [t for t in fitting if t in SUPPORTED_MODEL_TYPES]
+    use = ", ".join(f"--model_type {t} --template {FAMILIES[t].template if t in FAMILIES else t}" for t in supported)
+    raise SettingsError(
+        f"--model_type {model_type} does not fit {folder}: its config.json has model_type "
+        f"{checkpoint_model_type(folder)!r}, which swift loads as {', '.join(fitting)}; "
+        + (f"with --loss_type {LOSS_TYPE} use {use}" if use else
+           f"--loss_type {LOSS_TYPE} supports none of them ({', '.join(SUPPORTED_MODEL_TYPES)})"))
+
+
+def _check_checkpoint_files(args: Any) -> None:
+    """Name a truncated or missing weight file of the checkpoints a run loads, before any loader does."""
+    model = _local_folder(getattr(args, "model", None))
+    if model is not None and has_weight_files(model):
+        check_weight_files(model)
+    for folder in [*(getattr(args, "adapters", None) or []), getattr(args, "resume_from_checkpoint", None)]:
+        if _local_folder(folder):
+            check_checkpoint_folder(folder)
 
 
 def _check_graph_size(args: Any, settings: PluginSettings) -> None:

@@ -16,7 +16,6 @@ from ..data.conversation import (IMAGE_TAG, SEPARATOR, SYSTEM_PROMPT, Segment, c
                                  inference_prompt, postprocess_response, tokenize_segments, training_segments)
 from ..settings import TemplateSettings, current_settings
 from .alignment_inputs import collate_alignment_inputs, merged_answer_ids, row_context
-from .training_guard import check_finite
 
 TEMPLATE_TYPE = "exgra_med"
 
@@ -118,18 +117,6 @@ class ExGraMedTemplate(Template):
         result = super()._data_collator(batch, padding_to=padding_to)
         result.update(alignment)
         return result
-
-    def compute_sft_loss(self, model, inputs: dict[str, Any], num_items_in_batch=None, trainer=None):
-        """swift's loss path, stopping at a non-finite LM term whatever ``--loss_type`` computes it
-        from: the model's own loss when it returns one, else the logits the loss is taken of."""
-        outputs = super().compute_sft_loss(model, inputs, num_items_in_batch=num_items_in_batch, trainer=trainer)
-        if trainer is not None:
-            loss = getattr(outputs, "loss", None)
-            if loss is not None:
-                check_finite("lm", loss, trainer)
-            elif getattr(outputs, "logits", None) is not None:
-                check_finite("lm", outputs.logits, trainer, what="logits")
-        return outputs
 
     def decode_generate_ids(self, generate_ids, *, is_finished: bool = True, first_token=True, template_inputs=None,
                             **kwargs) -> Any:

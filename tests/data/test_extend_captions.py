@@ -23,6 +23,8 @@ from exgramed_plugin.data.extend_captions import (
 from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl_records
 from exgramed_plugin.openai_client import ChatClient
 
+from conftest import last_summary
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ROWS = [
@@ -154,6 +156,7 @@ def test_malformed_replies_are_counted_reported_and_retried_by_a_rerun(data_file
         assert main(args + ["--base-url", server.base_url]) == 1
     printed = capsys.readouterr().out
     assert "malformed replies: 1" in printed and "pmc-2" in printed
+    assert last_summary(printed, ok=False)["failed_rows"] == ["pmc-2"]
     assert len(server.requests) == 3 + 2  # bounded: two requests for the bad turn, then it is recorded
     rows = json.loads(out.read_text())
     assert [r["id"] for r in rows] == ["pmc-1", "pmc-3"]  # no silent substitution of the short answer

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import DATA_TEMPLATES
+from conftest import DATA_TEMPLATES, last_summary
 
 IMAGE = str(DATA_TEMPLATES / "images" / "mri_head.png")
 
@@ -113,7 +113,9 @@ def test_cli_builds_the_same_checkpoint_and_refuses_exgra_med_options(tiny_qwen2
     assert cli.main(["make-tiny", str(out), "--model-type", "qwen2_5_vl", "--hidden-size", "32"]) == 2
     assert "--hidden-size" in capsys.readouterr().err and not out.exists()
     assert cli.main(["make-tiny", str(out), "--model_type", "qwen2_5_vl"]) == 0
-    assert "--model_type qwen2_5_vl --template qwen2_5_vl" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--model_type qwen2_5_vl --template qwen2_5_vl" in printed
+    assert last_summary(printed) == {"ok": True, "out": str(out), "model_type": "qwen2_5_vl", "template": "qwen2_5_vl"}
     ours, reference = load_file(out / "model.safetensors"), load_file(tiny_qwen2_5_vl / "model.safetensors")
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in ours)  # seeded: same weights every build

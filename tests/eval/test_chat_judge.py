@@ -5,6 +5,8 @@ import json
 import pytest
 from exgramed_llm_fakes import RecordedServer
 
+from conftest import last_summary
+
 from exgramed_plugin.eval.chat_judge import (
     INSTRUCT_PROMPT,
     SYSTEM_PROMPT,
@@ -114,6 +116,7 @@ def test_happy_path_with_recorded_judge_replies(files, tmp_path, capsys):
     assert [r["question_id"] for r in per_question] == ["1", "2", "3", "4"]
     assert per_question[3]["reply"] == JUDGE_REPLIES[4] and per_question[3]["status"] == "unparsable"
     table = capsys.readouterr().out
+    assert last_summary(table, ok=False)["counts"]["unparsable"] == 1  # one question unscored: not a full run
     assert "overall" in table and "unparsable replies: 1" in table and "4 (unparsable)" in table
 
 

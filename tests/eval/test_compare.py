@@ -10,6 +10,8 @@ import pytest
 
 from exgramed_plugin.eval.compare import compare_models, main
 
+from conftest import last_summary
+
 
 def _item(item_id: int, answer_type: str, answer: str) -> dict:
     return {"id": item_id, "answer_type": answer_type,
@@ -120,7 +122,8 @@ def test_cli_writes_markdown_html_json_and_chart(files: dict[str, Path], tmp_pat
     assert "<table>" in (out / "compare.html").read_text()
     assert json.loads((out / "compare.json").read_text())["resamples"] == 50
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and last_summary(printed)["json"] == str(out / "compare.json")
 
 
 def test_cli_reports_mismatch_on_stderr(files: dict[str, Path], tmp_path: Path,

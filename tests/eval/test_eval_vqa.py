@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import last_summary
+
 from exgramed_plugin.eval.eval_vqa import (
     evaluate_vqa,
     format_report_table,
@@ -200,6 +202,7 @@ def test_main_writes_json_csv_and_prints_table(
     ])
     assert exit_code == 0
     stdout = capsys.readouterr().out
+    assert last_summary(stdout)["counts"]["closed"] == 2
     closed_line = next(line for line in stdout.splitlines() if line.startswith("Closed accuracy"))
     assert closed_line.split()[2:4] == ["100.00", "50.00"]
     assert "open 2, closed 2" in stdout

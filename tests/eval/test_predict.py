@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from conftest import DEMO_QUESTIONS as QUESTIONS
+from conftest import last_summary
+
 MAX_NEW_TOKENS = 4
 SHORTUUID_ALPHABET = set("23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
@@ -122,7 +124,9 @@ def test_answers_with_line_separators_stay_one_line_each(demo, tiny_checkpoint, 
     out = tmp_path / "a.jsonl"
     argv = ["--model", str(tiny_checkpoint), "--questions", str(questions), "--out", str(out), "--batch-size", "3"]
     assert predict.main(argv) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {QUESTIONS} answers to {out};")
+    printed = capsys.readouterr().out
+    assert last_summary(printed) == {"ok": True, "answers": str(out), "rows": QUESTIONS}
+    assert printed.strip().splitlines()[-2].startswith(f"wrote {QUESTIONS} answers to {out};")
     text = out.read_text(encoding="utf-8")
     assert len(text.splitlines()) == QUESTIONS  # line-safe even for str.splitlines() readers
     answers = [json.loads(line) for line in text.split("\n") if line]

@@ -4,6 +4,8 @@ import json
 
 from PIL import Image
 
+from conftest import last_summary
+
 ROWS = [
     {"loss": 4.0, "lm_loss": 3.0, "align_loss": 1.0, "epoch": 0.25, "global_step/max_steps": "1/4"},
     {"loss": 3.0, "lm_loss": 2.5, "align_loss": 0.5, "epoch": 0.5, "global_step/max_steps": "2/4"},
@@ -19,7 +21,7 @@ VQA_METRICS = {"counts": {"total": 6, "open": 2, "closed": 4, "skipped": 0},
                "strict": {"closed_accuracy": 50.0, "open_recall": 25.0, "average": 37.5}}
 
 
-def test_report_files_tables_and_plots(tmp_path):
+def test_report_files_tables_and_plots(tmp_path, capsys):
     from exgramed_plugin.eval.report import main
     run = tmp_path / "output" / "v0-20250101-000000"
     run.mkdir(parents=True)
@@ -30,6 +32,7 @@ def test_report_files_tables_and_plots(tmp_path):
     out = tmp_path / "report"
     # The parent output dir is accepted: the newest v*-* run inside it is used.
     assert main(["--run", str(run.parent), "--eval", str(metrics), "--out", str(out)]) == 0
+    assert last_summary(capsys.readouterr().out)["markdown"] == str(out / "report.md")
 
     md = (out / "report.md").read_text()
     assert "| loss | 4 | 4.00 | 2.50 | 2.00 |" in md

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import last_summary
+
 LIMIT = 8
 MAX_NEW_TOKENS = 4
 
@@ -132,7 +134,7 @@ def test_exgramed_reproduce_command(tiny_checkpoint, data_root, tmp_path):
                                                           "exgra-med-dci-vqa-rad")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    last = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    last = last_summary(done.stdout)
     assert last["answers"] == str(out / "answers.jsonl")
     assert [r["metric"] for r in last["comparison"]] == ["open_recall", "closed_accuracy", "average"]
     assert json.loads((out / "reproduce.json").read_text())["comparison"] == last["comparison"]

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import last_summary
+
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("easy_vqa")
@@ -21,6 +23,7 @@ def test_quick_run_completes(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "exgramed_plugin.cli", "experiment", "data-efficiency",
                                 "--quick", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert last_summary(completed.stdout)["results"] == str(out / "results.json")
     results = json.loads((out / "results.json").read_text())
     assert results["partial"] is False
     assert len(results["cells"]) == 4

@@ -183,24 +183,21 @@ def test_side_file_loads_into_a_fresh_head(registered, tiny_qwen2_5_vl, loaded, 
         load_side_file(other, folder)
 
 
-def test_frozen_image_node_modules_warn_once(loaded, rows, caplog):
-    import logging
-    model, template = loaded
-    batch = template.data_collator([template.encode(row) for row in rows])
-    visual = [p for p in model.model.visual.parameters()]
+def test_frozen_image_node_modules_are_named_with_the_flag_that_trains_them(loaded):
+    from exgramed_plugin.head.builtin import frozen_image_nodes
+    model, _ = loaded
+    visual = list(model.model.visual.parameters())
     states = [p.requires_grad for p in visual]
-    model.alignment_head.image_node_training_checked = False
     try:
+        assert frozen_image_nodes(model, "qwen2_5_vl") is None  # the loaded model trains everything
         for parameter in visual:
             parameter.requires_grad_(False)
-        with caplog.at_level(logging.WARNING, logger="exgramed_plugin"):
-            model(**batch)
-            model(**batch)
+        frozen = frozen_image_nodes(model, "qwen2_5_vl")
     finally:
         for parameter, state in zip(visual, states):
             parameter.requires_grad_(state)
-    warnings = [r for r in caplog.records if "--freeze_aligner false" in r.getMessage()]
-    assert len(warnings) == 1
+    assert frozen.flags == {"freeze_aligner": False} and "--freeze_aligner false" in frozen.message
+    assert "model.visual." in frozen.message
 
 
 def test_training_batch_without_merged_answers_names_the_template(loaded, rows):

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from conftest import DATA_TEMPLATES
+from conftest import DATA_TEMPLATES, last_summary
 from original_layout import (END, HEADS, HIDDEN, INTERMEDIATE, LAYERS, NUM_PATCHES, PATCH, SP_MODEL, START, VOCAB,
                              original_state_dict, write_original_checkpoint, write_vision_tower)
 
@@ -68,9 +68,14 @@ def _prompt_ids(processor) -> list[int]:
 
 @pytest.fixture(scope="module")
 def plugin_dir(registered, original, tower, tmp_path_factory) -> Path:
+    import contextlib
+    import io
+
     from exgramed_plugin.cli import main
     dst = tmp_path_factory.mktemp("converted") / "plugin"
-    assert main(["convert", "--src", str(original), "--dst", str(dst), "--vision-tower", str(tower)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["convert", "--src", str(original), "--dst", str(dst), "--vision-tower", str(tower)]) == 0
+    assert last_summary(stdout.getvalue())["dst"] == str(dst)
     return dst
 
 

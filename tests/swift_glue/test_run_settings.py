@@ -46,12 +46,15 @@ def test_strict_is_turned_on_for_training_and_check_model_off_for_local_checkpoi
     args = _sft_args(model=str(tiny_checkpoint))
     check_swift_run(args, settings_from_swift_args(args, environ={}))
     assert args.strict is True and args.check_model is False
-    foreign = tmp_path / "other"
+    foreign = tmp_path / "other"  # any local folder: the hub cannot say anything about it
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     args = _sft_args(model=str(foreign), loss_type=None)
     check_swift_run(args, settings_from_swift_args(args, environ={}))
-    assert args.check_model is True  # not ours: swift's own behaviour
+    assert args.check_model is False
+    args = _sft_args(model="Qwen/Qwen2.5-VL-3B-Instruct", loss_type=None)  # a hub id: swift's own check
+    check_swift_run(args, settings_from_swift_args(args, environ={}))
+    assert args.check_model is True
 
 
 def test_resume_reads_the_checkpoint_config(tmp_path):
