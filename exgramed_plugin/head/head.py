@@ -214,6 +214,15 @@ class AlignmentHead:
 
     # -- the alignment ----------------------------------------------------------------------
 
+    def loss_scale_at_backward(self) -> float:
+        """The loss scale the black-box backward divides out, read when that backward runs: the
+        ``exgra_mga`` loss hands the head its source during the first micro-batch, after that
+        micro-batch's forward, so reading it at forward time made micro-batch 1 use 1.0."""
+        source = self.loss_scale
+        if source is None:
+            return 1.0
+        return float(source() if callable(source) else source)
+
     def global_graph(self) -> bool:
         return bool(self.settings.global_graph) and distributed_world() > 1
 
@@ -234,8 +243,9 @@ class AlignmentHead:
             gathered = gather_with_local_grad(torch.cat(nodes, dim=1))
             nodes = [part.to(z.dtype) for part, z in zip(gathered.split([z.shape[1] for z in nodes], dim=1), nodes)]
             destroy_process_group_at_exit()
-        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale)
-        if output.skipped_reason and not self.warned_small_batch:
-            logger.warning("alignment skipped for this batch: %s (warned once)", output.skipped_reason)
+        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale_at_backward)
+        if output.skipped_reason and output.num_nodes < 2 and not self.warned_small_batch:
+            # (a non-finite node also skips the matching: a NaN loss, which the trainer's guard reports)
+            logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
             self.warned_small_batch = True
         return output

@@ -198,6 +198,27 @@ def test_fp16_loss_scale_reaches_the_blackbox(mga_setup):
     assert model.mga_loss_scale() == 1.0
 
 
+def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
+    # The loss hands the head the scale's source during micro-batch 1, after its forward; the black-box
+    # backward must still see it (it once read it at forward time: scale 1 for the first micro-batch).
+    model, template, _ = mga_setup
+    template.set_mode("train")
+    batch = template.data_collator([template.encode(row) for row in _rows()])
+    weight = model.model.mga.gnn.conv1.lin_rel.weight
+    gradients = {}
+    for scale in (1.0, 2.0 ** 16):
+        model.alignment_head.loss_scale, model.alignment_head.calls = None, 0  # a fresh run, the same noise
+        model.zero_grad(set_to_none=True)
+        outputs = model(**batch)
+        loss_fn, _ = _loss_fn(model, scale=None if scale == 1.0 else scale)
+        loss_fn(outputs, batch["labels"])
+        (outputs.align_loss * scale).backward()  # what the GradScaler's scaled loss sends back
+        gradients[scale] = weight.grad / scale
+    model.zero_grad(set_to_none=True)
+    assert gradients[1.0].abs().sum() > 0
+    torch.testing.assert_close(gradients[2.0 ** 16], gradients[1.0])
+
+
 # ------------------------------------------------------------------------------------------------
 # global graph across two processes (gloo)
 
