@@ -189,7 +189,13 @@ class MultiGraphAlignment(nn.Module):
         return None
 
     def _skip(self, nodes: dict[str, Tensor], reason: str) -> MultiGraphAlignmentOutput:
-        weights = self.gnn.parameters() if self.use_message_passing else ()
+        weights: list[Tensor] = []
+        if self.use_message_passing:
+            # the graph network is called as in a step that aligns (once, here without edges): ZeRO-3
+            # gathers its weights in each call, and every rank must make the same calls
+            features = torch.cat(list(nodes.values())).to(self.gnn.conv1.lin_rel.weight.dtype)
+            no_edges = torch.empty(2, 0, dtype=torch.long, device=features.device)
+            weights = [self.gnn(features, no_edges), *self.gnn.parameters()]
         return skipped_output(nodes, weights, reason, hamming_names=PROBLEM_NAMES)
 
     def forward(

@@ -236,7 +236,9 @@ class AlignmentHead:
     def align(self, network: nn.Module, z_image: Tensor, z_text: Tensor, z_extended: Tensor
               ) -> MultiGraphAlignmentOutput:
         """The alignment output of one step's nodes ``[B, hidden]`` (gathered over ranks for the global graph)."""
-        nodes = [z_image, z_text, z_extended]
+        # several GPUs per process (device_map auto): image nodes come from the first, text nodes from the last
+        device = next(network.parameters()).device
+        nodes = [z.to(device) for z in (z_image, z_text, z_extended)]
         global_graph = self.global_graph()
         if global_graph:
             # One gather for the three node sets (2 collectives per step instead of 6).

@@ -160,11 +160,21 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def embed_multimodal(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Token embeddings with image features spliced in, and the image features themselves."""
+        """Token embeddings with image features spliced in, and the image features themselves.
+
+        In training, a text-only batch still runs the modules an image batch runs, times zero: the
+        projector (DDP / FSDP, as llava_pre.py does), and the vision tower too when another rank has
+        images (ZeRO-3 gathers the tower's weights in every call: all ranks must make the same calls).
+        """
         inputs_embeds = self.model.embed_tokens(input_ids)
+        other_rank_has_images = self.training and any_rank(pixel_values is not None, inputs_embeds.device)
         if pixel_values is None:
-            if self.training and isinstance(self.model.mm_projector, nn.Module):
-                # Keep the projector in the graph for text-only batches (DDP/FSDP), as llava_pre.py does.
+            if other_rank_has_images:
+                size = self.config.vision_config.image_size
+                zero_image = torch.zeros(1, 3, size, size, device=inputs_embeds.device)
+                unused = self.model.get_image_features(zero_image)
+                inputs_embeds = inputs_embeds + 0.0 * unused.sum().to(inputs_embeds.dtype)
+            elif self.training and isinstance(self.model.mm_projector, nn.Module):
                 dummy = torch.zeros(1, self.config.mm_hidden_size, device=inputs_embeds.device,
                                     dtype=self.model.mm_projector_dtype)
                 inputs_embeds = inputs_embeds + 0.0 * self.model.mm_projector(dummy).sum().to(inputs_embeds.dtype)

@@ -16,8 +16,8 @@ import torch
 from swift.loss import BaseLoss, loss_map
 
 from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head, unsupported_model_type_error
+from ..head.loss_scale import applied_loss_scale
 from ..settings import LOSS_TYPE, current_settings
-from .loss_scale import applied_loss_scale
 from .training_guard import SkippedAlignmentReport
 
 logger = logging.getLogger(__name__)

@@ -87,7 +87,9 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
 
     * a training run this machine cannot honour (bf16 without a GPU, flash attention without the
       package, ...) is refused with one message listing every argument to change;
-    * with ``--loss_type exgra_mga``, a ``--model_type`` that does not fit the local checkpoint's
+    * full training in float16 without DeepSpeed (fp16 weights under fp16 AMP) is refused;
+    * with ``--loss_type exgra_mga``, ``--sequence_parallel_size > 1`` is refused (the text passes
+      would be split inside the language model), and a ``--model_type`` that does not fit the local checkpoint's
       architecture is refused (swift would fail inside its loader), naming the types that fit;
     * training with MGA on and no step able to hold a graph of >= 2 samples is refused;
     * the weight files of a local ``--model``, ``--adapters`` and ``--resume_from_checkpoint`` are
@@ -100,9 +102,17 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
     training = hasattr(args, "per_device_train_batch_size")
     if training:
         _check_machine(args)
+        problem = precision_problem(args)
+        if problem:
+            raise SettingsError(problem)
     if settings.mga.enabled:
         _check_model_type(args)
     if training and settings.mga.active:
+        if int(getattr(args, "sequence_parallel_size", 1) or 1) > 1:
+            raise SettingsError(f"--sequence_parallel_size {args.sequence_parallel_size} with --loss_type {LOSS_TYPE}: "
+                                "the alignment's text passes run the whole language model on unsplit sequences, "
+                                "which sequence parallelism does not support yet; use --sequence_parallel_size 1 "
+                                "(or MGA_ALPHA=0)")
         _check_graph_size(args, settings)
         callbacks = getattr(args, "callbacks", None)
         if isinstance(callbacks, list) and HEAD_CALLBACK not in callbacks:
@@ -121,7 +131,8 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
 
 
 _LOGGED_CHECK_MODEL: list[bool] = []
-_LOW_PRECISION = {"bfloat16", "bf16", "float16", "fp16", "half", "torch.bfloat16", "torch.float16"}
+_FLOAT16 = {"float16", "fp16", "half", "torch.float16"}
+_LOW_PRECISION = {"bfloat16", "bf16", "torch.bfloat16", *_FLOAT16}
 _FLASH_ATTENTION = {"flash_attn", "flash_attention_2", "flash_attention_3", "flash_attention_4"}
 
 
@@ -160,6 +171,18 @@ def _check_machine(args: Any) -> None:
     if problems:
         raise SettingsError("this machine cannot run the training as configured (a GPU recipe on a CPU?); change: "
                             + "; ".join(problems))
+
+
+def precision_problem(args: Any) -> str | None:
+    """Why a precision / engine combination cannot train, or None. Full training in float16 without
+    DeepSpeed keeps the trained weights in fp16 while swift turns on fp16 AMP, and torch refuses at
+    step 1 ("Attempting to unscale FP16 gradients"); DeepSpeed's fp16 keeps fp32 master weights."""
+    dtype = str(getattr(args, "torch_dtype", None) or "").lower()
+    if dtype not in _FLOAT16 or getattr(args, "tuner_type", None) != "full" or getattr(args, "deepspeed", None):
+        return None
+    return (f"--torch_dtype {dtype} with --tuner_type full and no --deepspeed trains fp16 weights under fp16 AMP, "
+            "which torch refuses at step 1 ('Attempting to unscale FP16 gradients'): use --torch_dtype bfloat16 "
+            "(GPUs since Ampere), or keep float16 with --deepspeed zero2 / zero3 (fp32 master weights)")
 
 
 def fitting_model_types(model_dir: str) -> list[str]:

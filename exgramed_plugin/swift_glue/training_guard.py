@@ -21,8 +21,8 @@ import torch
 from swift.trainers import Seq2SeqTrainer
 from transformers import TrainerCallback
 
+from ..head.loss_scale import applied_loss_scale
 from ..settings import current_settings
-from .loss_scale import applied_loss_scale
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPPED_STEPS = 8  # fp16: a scaler halves its scale per skip; 8 skips in a row are no overflow

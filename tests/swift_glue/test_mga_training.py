@@ -209,6 +209,7 @@ def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
     for scale in (1.0, 2.0 ** 16):
         model.alignment_head.loss_scale, model.alignment_head.calls = None, 0  # a fresh run, the same noise
         model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the graph network's dropout
         outputs = model(**batch)
         loss_fn, _ = _loss_fn(model, scale=None if scale == 1.0 else scale)
         loss_fn(outputs, batch["labels"])
@@ -217,6 +218,49 @@ def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
     model.zero_grad(set_to_none=True)
     assert gradients[1.0].abs().sum() > 0
     torch.testing.assert_close(gradients[2.0 ** 16], gradients[1.0])
+
+
+# ------------------------------------------------------------------------------------------------
+# every rank calls the same modules the same number of times (ZeRO-3 gathers weights in each call)
+
+def _module_calls(run, modules: dict) -> dict[str, int]:
+    counts = dict.fromkeys(modules, 0)
+    handles = [module.register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+               for name, module in modules.items()]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def test_a_text_only_rank_calls_the_modules_an_image_rank_calls(mga_setup, monkeypatch):
+    # Emulated in one process: any_rank answers as it does when another rank has images.
+    from exgramed_plugin.modeling import modeling
+    model, template, _ = mga_setup
+    monkeypatch.setattr(modeling, "any_rank", lambda flag, device: True)
+    template.set_mode("train")
+    image_rows = [row for row in _rows() if row.get("images")][:2]
+    text_rows = [dict(row, images=[], messages=[dict(m, content=m["content"].replace("<image>\n", "").replace(
+        "<image>", "")) for m in row["messages"]]) for row in image_rows]
+    modules = {"vision_tower": model.model.vision_tower, "mm_projector": model.model.mm_projector,
+               **{f"mga.{name}": module for name, module in model.model.mga.named_modules() if name}}
+    calls = {}
+    for kind, rows in (("images", image_rows), ("text", text_rows)):
+        batch = template.data_collator([template.encode(row) for row in rows])
+        calls[kind] = _module_calls(lambda: model(**batch), modules)
+    assert calls["text"] == calls["images"] and calls["text"]["vision_tower"] == 2
+
+
+def test_a_one_sample_rank_calls_the_graph_network_as_the_others():
+    # --packing / an uneven last batch: a rank with one sample skips the matching, not the network
+    from exgramed_plugin.alignment import MultiGraphAlignment
+    mga = MultiGraphAlignment(in_features=8)
+    modules = {name or "gnn": module for name, module in mga.gnn.named_modules()}
+    one = _module_calls(lambda: mga(*[torch.randn(1, 8) for _ in range(3)]), modules)
+    three = _module_calls(lambda: mga(*[torch.randn(3, 8) for _ in range(3)]), modules)
+    assert one == three and one["gnn"] == 1
 
 
 # ------------------------------------------------------------------------------------------------

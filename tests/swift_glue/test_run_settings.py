@@ -73,3 +73,10 @@ def test_export_of_an_adapter_with_the_graph_network_builds_the_module(tmp_path)
     assert settings_from_swift_args(export, environ={}).mga.enabled
     (tmp_path / "adapter_config.json").write_text(json.dumps({"modules_to_save": None}))
     assert not settings_from_swift_args(export, environ={}).mga.enabled
+
+
+def test_sequence_parallel_is_refused_with_the_alignment():
+    args = _sft_args(sequence_parallel_size=2)
+    with pytest.raises(SettingsError, match="--sequence_parallel_size 2 with --loss_type exgra_mga"):
+        check_swift_run(args, settings_from_swift_args(args, environ={}))
+    check_swift_run(args, settings_from_swift_args(args, environ={"MGA_ALPHA": "0"}))  # no text pass: fine

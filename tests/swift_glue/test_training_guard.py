@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from exgramed_plugin.swift_glue.loss_scale import applied_loss_scale
+from exgramed_plugin.head.loss_scale import applied_loss_scale
 from exgramed_plugin.swift_glue.training_guard import (MAX_CONSECUTIVE_SKIPPED_STEPS, NonFiniteGuard,
                                                        NonFiniteLossError, is_guarded, loss_terms)
 
