@@ -24,7 +24,6 @@ with their quotes (``peer_results.json``). The last stdout line is the JSON summ
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import shlex
@@ -37,6 +36,13 @@ from typing import Any
 from exgramed_plugin.data.jsonio import append_jsonl, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval import medevalkit_choice, mmmu_metrics
 from exgramed_plugin.eval import multiple_choice as choice
+from exgramed_plugin.eval.eval_vqa import (
+    evaluate_vqa,
+    id_pairing_problems,
+    load_answers,
+    write_report,
+    write_rows_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -219,19 +225,7 @@ def choice_likelihoods(run: BenchmarkRun, holder: EngineHolder, *, norm: str = "
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    fieldnames: list[str] = []
-    for row in rows:
-        fieldnames.extend(key for key in row if key not in fieldnames)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _choice_responses(run: BenchmarkRun, answers_path: Path) -> dict[str, str]:
-    from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
-
     answers = load_answers(answers_path)
     question_ids = [str(row["id"]) for _, row in read_jsonl(run.questions)]
     problems = id_pairing_problems(question_ids, [a.id for a in answers], answer="answer",
@@ -258,15 +252,13 @@ def score_benchmark(run: BenchmarkRun, answers_path: Path, likelihoods: dict[str
         write_json(run.folder / "metrics.json", {
             "benchmark": run.name, "split": run.split, "summary": report.summary, "skipped": run.skipped,
             "quirks": mmmu_metrics.QUIRKS if run.name == "mmmu_med" else medevalkit_choice.QUIRKS})
-        _write_csv(run.folder / "per_question.csv", report.per_question)
+        write_rows_csv(run.folder / "per_question.csv", report.per_question)
         if run.name == "mmmu_med" and run.split == "test":
             entry["note"] = "MedEvalKit raises TypeError on MMMU's test split (quirk test_split_crash)"
         if likelihoods is not None and report.summary["likelihood"]["overall"]["scored"] < entry["questions"]:
             entry["likelihood"] = report.summary["likelihood"]["overall"]["accuracy_scored"]
             entry["likelihood_note"] = "multiple-choice questions only"
         return entry
-    from exgramed_plugin.eval.eval_vqa import evaluate_vqa, write_report
-
     report = evaluate_vqa(run.questions, answers_path, dataset=run.name)
     write_report(report, run.folder / "metrics.json", run.folder / "per_question.csv")
     entry.update({"questions": report.counts["total"], "medevalkit": (report.medevalkit or {}).get("accuracy"),

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from datasets import Dataset as HfDataset
 from swift.dataset import DATASET_MAPPING, DatasetLoader, DatasetMeta, register_dataset
-from swift.dataset.preprocessor import RowPreprocessor
 
 from ..data.mc_benchmarks import BENCHMARKS, load_choice_benchmark
 from ..eval.multiple_choice import question_row
-from .datasets import ExGraMedPreprocessor, keep_extra_columns
+from .datasets import keep_extra_columns
+from .hub_datasets import standard_rows_dataset
 
 SPLIT_SUFFIXES = {"dev": "dev", "validation": "val", "test": "test"}  # benchmark split -> name suffix
 
@@ -35,11 +34,7 @@ class ChoiceBenchmarkLoader(DatasetLoader):
         loaded = load_choice_benchmark(dataset_meta.benchmark, split)
         loaded.require_valid()
         rows = [question_row(question, split) for question in loaded.questions]
-        preprocess = ExGraMedPreprocessor(source=f"{BENCHMARKS[dataset_meta.benchmark].hub.repo_id} ({split})")
-        dataset = preprocess(HfDataset.from_list(rows), num_proc=self.num_proc)
-        if self.remove_unused_columns:
-            dataset = RowPreprocessor.remove_useless_columns(dataset)
-        return dataset
+        return standard_rows_dataset(self, rows, f"{BENCHMARKS[dataset_meta.benchmark].hub.repo_id} ({split})")
 
 
 def choice_dataset_metas() -> list[ChoiceBenchmarkMeta]:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from mc_benchmark_files import MEDXPERT_ROWS, write_medxpertqa, write_pmc_vqa
+from test_hub_datasets import _load
 
 from exgramed_plugin.data.formats import DataFormatError
 
@@ -18,12 +19,6 @@ def choice_registered(registered, tmp_path, monkeypatch):
     register_choice_benchmarks()
     monkeypatch.setenv("EXGRAMED_HUB_IMAGE_CACHE", str(tmp_path / "cache"))
     return tmp_path
-
-
-def _load(name):
-    from swift.dataset import load_dataset
-    train, _ = load_dataset([name], strict=True)
-    return train
 
 
 def test_names_are_registered_with_their_splits(choice_registered):
