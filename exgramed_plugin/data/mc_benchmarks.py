@@ -107,8 +107,8 @@ class LoadedBenchmark:
         if self.invalid:
             shown = "\n  ".join(str(problem) for problem in self.invalid[:max_listed])
             more = f"\n  ... and {len(self.invalid) - max_listed} more" if len(self.invalid) > max_listed else ""
-            raise DataFormatError(f"{self.name} ({self.split}): {len(self.invalid)} invalid question(s) (rerun with "
-                                  f"--skip-invalid to score the others and list these):\n  {shown}{more}")
+            raise DataFormatError(f"{self.name} ({self.split}): {len(self.invalid)} invalid question(s) (exgramed eval "
+                                  f"--skip-invalid scores the others and lists these):\n  {shown}{more}")
 
 
 @dataclass(frozen=True)

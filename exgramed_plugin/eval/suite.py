@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import append_jsonl, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval import medevalkit_choice, mmmu_metrics
 from exgramed_plugin.eval import multiple_choice as choice
 from exgramed_plugin.eval.eval_vqa import (
@@ -169,6 +169,29 @@ class EngineHolder:
                                        device_map=s.device_map, template_settings=s.template_settings,
                                        model_type=s.model_type, template=s.template, infer_backend=s.infer_backend)
         return self._engine
+
+
+def check_same_settings(run: BenchmarkRun, settings: dict[str, Any]) -> None:
+    """Record what makes the answers (``<benchmark>/settings.json``); a rerun into the same folder with other
+    settings (another checkpoint, prompt, image mode ...) is refused rather than mixed with the old answers."""
+    path = run.folder / "settings.json"
+    run.folder.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        previous = read_json(path)
+        changed = {key: (previous.get(key), value) for key, value in settings.items() if previous.get(key) != value}
+        if changed:
+            raise ValueError(f"{path}: the answers in {run.folder} were made with other settings "
+                             f"({', '.join(f'{k}: {old!r} then, {new!r} now' for k, (old, new) in changed.items())}); "
+                             "use another --out or delete the folder")
+    write_json(path, settings)
+
+
+def answer_settings(engine: EngineSettings, run: BenchmarkRun, vqa_prompt: str, mmmu_images: str) -> dict[str, Any]:
+    """What the answers of one benchmark depend on (compared by :func:`check_same_settings`)."""
+    return {"model": engine.model, "adapters": list(engine.adapters), "model_type": engine.model_type,
+            "template": engine.template, "template_settings": repr(engine.template_settings), "split": run.split,
+            "max_new_tokens": engine.max_new_tokens, "prompt": vqa_prompt if not run.is_choice else
+            f"medevalkit, mmmu images {mmmu_images}" if run.name == "mmmu_med" else "medevalkit"}
 
 
 def answer_questions(run: BenchmarkRun, holder: EngineHolder, vqa_prompt: str, show_progress: bool = True) -> Path:
@@ -346,6 +369,9 @@ def run_suite(benchmarks: Sequence[str], out: str | Path, *, engine: EngineSetti
     holder = EngineHolder(engine)
     entries = []
     for index, name in enumerate(benchmarks):
+        if preds is None:  # before questions.jsonl is rewritten
+            planned = BenchmarkRun(name, splits[name], out / name)
+            check_same_settings(planned, answer_settings(engine, planned, vqa_prompt, mmmu_images))
         run = prepare_questions(name, splits[name], out, data_root=data_root, mmmu_answers=mmmu_answers,
                                 mmmu_images=mmmu_images, limit=limit, skip_invalid=skip_invalid,
                                 image_cache=image_cache)

@@ -131,6 +131,9 @@ def test_exgramed_eval_with_a_tiny_model_answers_scores_and_resumes(data_root, t
     assert answers.read_text().splitlines()[0] == kept  # not answered again
     assert {name: (out / name / "answers.jsonl").read_text() for name in before} == before
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"]
+    # Another prompt setting into the same folder is refused, not mixed with these answers.
+    assert main([*argv, "--mmmu-images", "all"]) == 2
+    assert "answers in" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
 
 
 def test_a_bad_benchmark_folder_ends_with_a_json_error_line(tmp_path, capsys):
