@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.data.hub_benchmarks import load_benchmark
 from exgramed_plugin.data.jsonio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.mc_benchmarks import get_choice_benchmark, load_choice_benchmark
 from exgramed_plugin.eval import medevalkit_choice, mmmu_metrics
 from exgramed_plugin.eval import multiple_choice as choice
 from exgramed_plugin.eval.eval_vqa import (
@@ -100,8 +102,6 @@ class BenchmarkRun:
 
 def parse_splits(pairs: Sequence[str]) -> dict[str, str]:
     """``["mmmu_med=test", ...]`` over the defaults; an unknown benchmark or split is an error."""
-    from exgramed_plugin.data.mc_benchmarks import get_choice_benchmark
-
     splits = dict(DEFAULT_SPLITS)
     for pair in pairs:
         name, _, split = pair.partition("=")
@@ -124,9 +124,6 @@ def prepare_questions(name: str, split: str, out: Path, *, data_root: str | None
                       mmmu_images: str = "first", limit: int | None = None, skip_invalid: bool = False,
                       image_cache: str | None = None) -> BenchmarkRun:
     """Write ``<out>/<name>/questions.jsonl`` (the first ``limit`` questions) and return the run."""
-    from exgramed_plugin.data.hub_benchmarks import load_benchmark
-    from exgramed_plugin.data.mc_benchmarks import load_choice_benchmark
-
     run = BenchmarkRun(name, split, out / name)
     run.folder.mkdir(parents=True, exist_ok=True)
     if run.is_choice:
