@@ -74,6 +74,8 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
                 "batched greedy VQA answers (answers JSONL of the original, resumable)"),
     "reproduce": ("exgramed_plugin.eval.reproduce", "main",
                   "published checkpoint + benchmark: download, predict (original prompt), score, paper's number"),
+    "eval": ("exgramed_plugin.eval.suite", "main",
+             "a benchmark suite (VQA-RAD ... MedXpertQA-MM): answers, MedEvalKit + corrected scores, one table"),
     "eval-zeroshot": ("exgramed_plugin.eval.zeroshot", "main",
                       "OmniMedVQA zero-shot: original prompt + difflib, and option likelihood"),
     "subset": ("exgramed_plugin.data.tools", "subset_main",

@@ -34,7 +34,10 @@ _FALSE = {"0", "false", "no", "off"}
 PATH_VARIABLES = ("EXGRAMED_DATA_ROOT", "EXGRAMED_DEMO_DIR", "EXGRAMED_IMAGE_ROOT",
                   # data/hub_benchmarks.py: local copies of the hub benchmarks, embedded-image cache
                   "EXGRAMED_VQA_RAD_HF_DIR", "EXGRAMED_PATHVQA_HF_DIR", "EXGRAMED_SLAKE_HF_DIR",
-                  "EXGRAMED_HUB_IMAGE_CACHE")
+                  "EXGRAMED_HUB_IMAGE_CACHE",
+                  # data/mc_benchmarks.py: local copies of the multiple-choice benchmarks, MMMU's test answers
+                  "EXGRAMED_PMC_VQA_DIR", "EXGRAMED_OMNIMEDVQA_DIR", "EXGRAMED_MMMU_DIR", "EXGRAMED_MEDXPERTQA_DIR",
+                  "EXGRAMED_MMMU_ANSWERS")
 # Prefixes that mark a key as ours: an unknown key with one of them is a typo, refused.
 _OUR_PREFIXES = ("MGA_", "EXGRAMED_")
 

@@ -50,7 +50,7 @@ def test_stage_hyper_parameters_follow_the_original_scripts():
     assert (stage1["learning_rate"], stage1["num_train_epochs"], stage1["freeze_llm"]) == (0.002, 1, True)
     assert (stage2["learning_rate"], stage2["num_train_epochs"], stage2["loss_type"]) == (0.00002, 3, "exgra_mga")
     # the original's fp16 ran under FSDP with fp32 master weights; full fp16 without DeepSpeed cannot train
-    # (docs/fidelity.md F29): bf16 here, fp16 in the DeepSpeed recipes
+    # (docs/fidelity.md F30): bf16 here, fp16 in the DeepSpeed recipes
     assert stage2["torch_dtype"] == "bfloat16" and stage2["per_device_train_batch_size"] == 16
     assert load("stage2_exgramed_zero2")["torch_dtype"] == "float16"
     assert baseline["ENV"]["MGA_ALPHA"] == "0" and stage2["ENV"]["MGA_ALPHA"] == "1.0"

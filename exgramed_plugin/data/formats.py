@@ -23,7 +23,9 @@ from PIL import Image, UnidentifiedImageError
 from .conversation import IMAGE_TAG, ROLE_FROM, check_turns, find_conversation_pair
 
 # Extra columns that must survive swift's column filtering (added to RowPreprocessor.standard_keys).
-EXTRA_COLUMNS = ("id", "answer_type", "extended_answers")
+# mc_question: what multiple-choice scoring needs (choices, answer; eval/multiple_choice.py), as JSON.
+CHOICE_COLUMN = "mc_question"
+EXTRA_COLUMNS = ("id", "answer_type", "extended_answers", CHOICE_COLUMN)
 IMAGE_ROOT_ENV = "EXGRAMED_IMAGE_ROOT"
 
 
@@ -136,10 +138,15 @@ def messages_row_to_standard(row: dict[str, Any], source: str | None = None, ima
     images = _images_of(row, source, row_id, image_root)
     _check_image_tags(messages, images, source, row_id)
     answer_type = row.get("answer_type")
-    return {"messages": [{"role": "system", "content": system[0]["content"]}] + messages if system else messages,
-            "images": images, "id": None if row_id is None else str(row_id),
-            "answer_type": None if answer_type is None else str(answer_type).upper(),
-            "extended_answers": extended}
+    standard = {"messages": [{"role": "system", "content": system[0]["content"]}] + messages if system else messages,
+                "images": images, "id": None if row_id is None else str(row_id),
+                "answer_type": None if answer_type is None else str(answer_type).upper(),
+                "extended_answers": extended}
+    if row.get(CHOICE_COLUMN) is not None:  # a multiple-choice question row (exgramed eval's questions.jsonl)
+        if not isinstance(row[CHOICE_COLUMN], str):
+            raise DataFormatError(f"{_where(source, row_id, CHOICE_COLUMN)}: expected a JSON string")
+        standard[CHOICE_COLUMN] = row[CHOICE_COLUMN]
+    return standard
 
 
 def _images_of(row: dict[str, Any], source: str | None, row_id: Any, image_root: str | None) -> list[str]:

@@ -73,11 +73,14 @@ class HubBenchmark:
     name: str
     repo_id: str
     splits: tuple[str, ...]
-    layout: str  # "parquet" (embedded images) or "slake" (JSON + imgs.zip)
+    layout: str  # "parquet" (embedded images), "slake" (JSON + imgs.zip), or another loader's own
     dir_env: str
+    files: tuple[str, ...] = ()  # download patterns with a {split} placeholder, for layouts other than these two
 
     def allow_patterns(self, split: str) -> list[str]:
         """Only the files one split needs (SLAKE's 212 MB imgs.zip is shared by all splits)."""
+        if self.files:
+            return [pattern.format(split=split) for pattern in self.files]
         if self.layout == "parquet":
             return [f"data/{split}-*.parquet"]
         return [f"{split}.json", "imgs.zip"]
@@ -235,30 +238,36 @@ def parquet_rows(files: list[Path], benchmark: HubBenchmark, split: str, cache_d
 # --------------------------------------------------------------------------------------------------
 
 
-def ensure_slake_images(folder: Path) -> Path:
-    """``<folder>/imgs``, extracted once from ``<folder>/imgs.zip`` when missing (as MedEvalKit does)."""
-    images = folder / "imgs"
-    if images.is_dir():
-        return images
-    archive = folder / "imgs.zip"
+def extract_folder_once(folder: Path, archive_name: str, member: str, what: str) -> Path:
+    """``<folder>/<member>``, extracted once from ``<folder>/<archive_name>`` (whose top level must hold
+    ``member/``) when missing; safe when several processes extract at the same time."""
+    target = folder / member
+    if target.is_dir():
+        return target
+    archive = folder / archive_name
     if not archive.is_file():
-        raise FileNotFoundError(f"SLAKE: neither {images}/ nor {archive} exists")
-    logger.info("SLAKE: extracting %s", archive)
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".imgs-extracting-"))
+        raise FileNotFoundError(f"{what}: neither {target}/ nor {archive} exists")
+    logger.info("%s: extracting %s", what, archive)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{member}-extracting-"))
     try:
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(tmp)
-        if not (tmp / "imgs").is_dir():
-            raise DataFormatError(f"{archive}: expected a top-level 'imgs/' folder, found "
+        if not (tmp / member).is_dir():
+            raise DataFormatError(f"{archive}: expected a top-level '{member}/' folder, found "
                                   f"{sorted(p.name for p in tmp.iterdir())}")
         try:
-            os.replace(tmp / "imgs", images)
+            os.replace(tmp / member, target)
         except OSError:
-            if not images.is_dir():  # another process extracting at the same time is fine
+            if not target.is_dir():  # another process extracting at the same time is fine
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return images
+    return target
+
+
+def ensure_slake_images(folder: Path) -> Path:
+    """``<folder>/imgs``, extracted once from ``<folder>/imgs.zip`` when missing (as MedEvalKit does)."""
+    return extract_folder_once(folder, "imgs.zip", "imgs", "SLAKE")
 
 
 def _slake_row(record: Any, path: Path, position: int, split: str, images: Path) -> tuple[str, dict[str, Any]]:
@@ -284,7 +293,8 @@ def _slake_row(record: Any, path: Path, position: int, split: str, images: Path)
     question = _text(record["question"], where, "question")
     answer = _text(record["answer"], where, "answer")
     image = resolve_image_path(record["img_name"], str(path), qid, "img_name", str(images))
-    return language, standard_row(f"slake-{split}-{qid}", question, answer, image, answer_type)
+    # q_lang kept: MedEvalKit's SLAKE prompt is in the question's language (exgramed predict --prompt medevalkit).
+    return language, {**standard_row(f"slake-{split}-{qid}", question, answer, image, answer_type), "q_lang": language}
 
 
 def slake_rows(path: Path, images: Path, split: str, language: str = "all") -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 Why: "model A beats model B by 1.5 points" on a few hundred VQA-RAD questions may be noise. Every
 answers file is scored with ``eval_vqa.evaluate_vqa`` (original, strict and, with ``--dataset``,
-MedEvalKit's conventions), then 95 % percentile-bootstrap intervals are drawn from one seeded
+MedEvalKit's conventions), or, when the questions file is a multiple-choice ``questions.jsonl`` written
+by ``exgramed eval`` (rows with ``mc_question``), with ``multiple_choice.score_choices`` (MedEvalKit and
+corrected, one "all" row each); then 95 % percentile-bootstrap intervals are drawn from one seeded
 ``numpy.random.Generator``: each resample draws questions with replacement and is applied to every
 model alike (paired), so the intervals of the differences to the first model are narrow where the
 models fail on the same questions.
@@ -15,6 +17,7 @@ instead. The Markdown/HTML rendering is the report's (``report.ReportDocument``)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from exgramed_plugin.data.jsonio import print_summary, write_json
+from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json
 from exgramed_plugin.eval import medevalkit_metrics as mek
+from exgramed_plugin.eval import multiple_choice as choice
 from exgramed_plugin.eval.eval_vqa import (
     VQAReport,
     evaluate_vqa,
@@ -97,12 +101,12 @@ def score_arrays(report: VQAReport, convention: str) -> ScoreArrays:
 
 
 def type_mask(scores: ScoreArrays, answer_type: str) -> np.ndarray:
-    """The questions of ``answer_type`` ("all" = closed and open) under this convention."""
+    """The questions of ``answer_type`` ("all": every question) under this convention."""
     if answer_type == "closed":
         return scores.closed
     if answer_type == "open":
         return scores.open
-    return scores.closed | scores.open
+    return np.ones_like(scores.closed)
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -161,21 +165,31 @@ def compare_models(gt_path: str | Path, pred_paths: Sequence[str | Path], labels
         raise ValueError(f"model labels must be unique, got {labels} (use --labels)")
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
-    questions = load_vqa_questions(gt_path)
-    check_same_questions([q.id for q in questions], pred_paths, gt_path)
-    reports = [evaluate_vqa(gt_path, path, dataset=dataset) for path in pred_paths]
-    conventions = [c for c in CONVENTIONS if dataset is not None or not c.startswith("medevalkit")]
-    n_questions = len(reports[0].per_question)
+    rows = [row for _, row in read_json_or_jsonl(gt_path)]
+    if rows and all(choice.ROW_FIELD in row for row in rows):
+        check_same_questions([str(row["id"]) for row in rows], pred_paths, gt_path)
+        by_convention, benchmark = choice_score_arrays(rows, pred_paths)
+        answer_types: tuple[str, ...] = ("all",)
+        descriptions = {c: CHOICE_CONVENTIONS[c] for c in by_convention}
+        dataset = dataset or benchmark
+    else:
+        questions = load_vqa_questions(gt_path)
+        check_same_questions([q.id for q in questions], pred_paths, gt_path)
+        reports = [evaluate_vqa(gt_path, path, dataset=dataset) for path in pred_paths]
+        conventions = [c for c in CONVENTIONS if dataset is not None or not c.startswith("medevalkit")]
+        by_convention = {c: [score_arrays(report, c) for report in reports] for c in conventions}
+        answer_types = ANSWER_TYPES
+        descriptions = {c: CONVENTIONS[c].description for c in conventions}
+    n_questions = len(next(iter(by_convention.values()))[0].values) if by_convention else 0
     if n_questions == 0:
-        raise ValueError(f"{gt_path}: no OPEN/CLOSED question to compare on")
+        raise ValueError(f"{gt_path}: no question to compare on")
     draws = np.random.default_rng(seed).integers(0, n_questions, size=(resamples, n_questions))
     everything = np.arange(n_questions)
     results: dict[str, Any] = {}
     differences: dict[str, Any] = {}
-    for convention in conventions:
-        arrays = [score_arrays(report, convention) for report in reports]
+    for convention, arrays in by_convention.items():
         results[convention], differences[convention] = {}, {}
-        for answer_type in ANSWER_TYPES:
+        for answer_type in answer_types:
             points = [statistic(a, answer_type, everything) for a in arrays]
             samples = [statistic(a, answer_type, draws) for a in arrays]
             results[convention][answer_type] = {
@@ -188,9 +202,38 @@ def compare_models(gt_path: str | Path, pred_paths: Sequence[str | Path], labels
         "gt": str(gt_path), "dataset": dataset, "questions": n_questions, "resamples": resamples, "seed": seed,
         "confidence": CONFIDENCE,
         "models": [{"label": label, "path": str(path)} for label, path in zip(labels, pred_paths)],
-        "conventions": {c: CONVENTIONS[c].description for c in conventions},
+        "conventions": descriptions, "answer_types": list(answer_types),
         "results": results, "differences": differences,
     }
+
+
+CHOICE_CONVENTIONS = {
+    "medevalkit": "MedEvalKit's multiple-choice judge @ 9b12e3b, quirks included: all = right / all",
+    "medevalkit_corrected": "the same judge with its bugs fixed (docs/evaluation.md)",
+}
+
+
+def choice_score_arrays(rows: Sequence[dict[str, Any]], pred_paths: Sequence[str | Path]
+                        ) -> tuple[dict[str, list[ScoreArrays]], str]:
+    """Per convention, each answers file's 0/1 verdicts on ``exgramed eval``'s multiple-choice questions,
+    and the benchmark; a convention with a question MedEvalKit cannot score (MMMU's test split) is left out."""
+    infos = [json.loads(row[choice.ROW_FIELD]) for row in rows]
+    benchmarks = {info["benchmark"] for info in infos}
+    if len(benchmarks) != 1:
+        raise ValueError(f"questions of several benchmarks {sorted(benchmarks)}: compare one benchmark at a time")
+    benchmark = benchmarks.pop()
+    split = infos[0]["split"]
+    reports = [choice.score_choices(benchmark, split, rows, {a.id: a.text for a in load_answers(path)})
+               for path in pred_paths]
+    none = np.zeros(len(rows), dtype=bool)
+    arrays: dict[str, list[ScoreArrays]] = {}
+    for convention in CHOICE_CONVENTIONS:
+        verdicts = [[row[f"{convention}_correct"] for row in report.per_question] for report in reports]
+        if any(v is None for values in verdicts for v in values):
+            continue
+        arrays[convention] = [ScoreArrays(np.asarray(values, dtype=float), none, none, "pooled")
+                              for values in verdicts]
+    return arrays, benchmark
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,14 +259,15 @@ def plot_comparison(comparison: dict[str, Any], out: Path) -> Path:
     width = 0.8 / len(labels)
     for panel, convention in enumerate(conventions):
         axes = figure.add_subplot(1, len(conventions), panel + 1)
+        answer_types = comparison.get("answer_types", ANSWER_TYPES)
         for index, label in enumerate(labels):
-            entries = [comparison["results"][convention][t][label] for t in ANSWER_TYPES]
+            entries = [comparison["results"][convention][t][label] for t in answer_types]
             values = [e["value"] if e["value"] is not None else 0.0 for e in entries]
             errors = [[v - (e["low"] if e["low"] is not None else v) for v, e in zip(values, entries)],
                       [(e["high"] if e["high"] is not None else v) - v for v, e in zip(values, entries)]]
-            xs = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(ANSWER_TYPES))]
+            xs = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(answer_types))]
             axes.bar(xs, values, width=width, yerr=errors, capsize=3, label=label)
-        axes.set_xticks(range(len(ANSWER_TYPES)), list(ANSWER_TYPES))
+        axes.set_xticks(range(len(answer_types)), list(answer_types))
         axes.set_ylim(0, 105)
         axes.set_title(convention)
         axes.set_ylabel("%")
@@ -251,17 +295,18 @@ def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> Compare
     doc = ReportDocument()
     doc.heading("Model comparison", 1)
     doc.para(f"{comparison['questions']} questions of {comparison['gt']}"
-             + (f" (MedEvalKit dataset {comparison['dataset']})" if comparison["dataset"] else "")
+             + (f" (benchmark {comparison['dataset']})" if comparison["dataset"] else "")
              + f". Values ×100 with {comparison['confidence']:.0%} percentile-bootstrap intervals: "
              f"{comparison['resamples']} resamples of the questions, seed {comparison['seed']}, the same "
              "resamples for every model.")
+    answer_types = comparison.get("answer_types", ANSWER_TYPES)
     rows = [[convention, answer_type, *(_cell(by_type[answer_type][label]) for label in labels)]
-            for convention, by_type in comparison["results"].items() for answer_type in ANSWER_TYPES]
+            for convention, by_type in comparison["results"].items() for answer_type in answer_types]
     doc.table(["convention", "answer type", *labels], rows)
     if len(labels) > 1:
         doc.heading(f"Difference to {labels[0]} (paired)")
         rows = [[convention, answer_type, *(_cell(by_type[answer_type][label]) for label in labels[1:])]
-                for convention, by_type in comparison["differences"].items() for answer_type in ANSWER_TYPES]
+                for convention, by_type in comparison["differences"].items() for answer_type in answer_types]
         doc.table(["convention", "answer type", *labels[1:]], rows)
     plot_comparison(comparison, files.plot)
     doc.image(files.plot, "accuracy by convention and answer type, with 95 % intervals")
@@ -279,14 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: writes the comparison files, prints their paths; returns 2 on input errors."""
     parser = argparse.ArgumentParser(
         prog="exgramed compare",
-        description="Compare several models' answers to the same VQA questions: one table per convention and "
-                    "answer type with paired 95 % bootstrap intervals, and a bar chart.")
+        description="Compare several models' answers to the same questions (a VQA file, or a multiple-choice "
+                    "questions.jsonl of exgramed eval): one table per convention and answer type with paired 95 % "
+                    "bootstrap intervals, and a bar chart.")
     parser.add_argument("pred", nargs="+", help="answers JSONL files (question_id/text or id/response), one per model")
-    parser.add_argument("--gt", required=True, help="the VQA questions (test_w_options_new.json or swift rows)")
+    parser.add_argument("--gt", required=True, help="the VQA questions (test_w_options_new.json or swift rows), or "
+                                                    "<exgramed eval out>/<benchmark>/questions.jsonl")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--labels", nargs="+", default=None, help="model names (default: the file names)")
     parser.add_argument("--dataset", choices=mek.DATASETS, default=None,
-                        help="adds the MedEvalKit conventions (its open/closed split is per dataset)")
+                        help="VQA files: adds the MedEvalKit conventions (its open/closed split is per dataset); "
+                             "multiple-choice questions need none")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default 0)")
     args = parser.parse_args(argv)

@@ -542,14 +542,18 @@ def write_report(report: VQAReport, json_path: str | Path, csv_path: str | Path)
         "definitions": METRIC_DEFINITIONS,
     }
     Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_rows_csv(csv_path, report.per_question)
 
+
+def write_rows_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Per-question rows as CSV; the columns are every key, in first-seen order (empty where a row lacks one)."""
     fieldnames: list[str] = []
-    for row in report.per_question:
+    for row in rows:
         fieldnames.extend(key for key in row if key not in fieldnames)
-    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
         writer.writeheader()
-        writer.writerows(report.per_question)
+        writer.writerows(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

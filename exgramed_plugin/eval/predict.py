@@ -424,7 +424,7 @@ def predict(model: str, questions: str | Path, out: str | Path, *, images: str |
             limit: int | None = None, engine=None, show_progress: bool = True,
             template_settings: TemplateSettings | None = None, model_type: str | None = None,
             template: str | None = None, infer_backend: str = "transformers", prompt: str = "plain",
-            dataset: str | None = None) -> Path:
+            dataset: str | None = None, progress_desc: str = "predict") -> Path:
     """Answer every question of ``questions`` not yet in ``out``; returns ``out``.
 
     ``engine`` may be passed to reuse a loaded swift engine. ``limit`` answers only the first N
@@ -463,7 +463,7 @@ def predict(model: str, questions: str | Path, out: str | Path, *, images: str |
         if existing:  # rewrite without a possibly truncated last line before appending
             write_jsonl(out_path, [existing[p.key] for p in prompts if p.key in existing])
         with open(out_path, "a", encoding="utf-8") as handle, \
-                tqdm(total=len(todo), desc="predict", unit="q", disable=not show_progress) as bar:
+                tqdm(total=len(todo), desc=progress_desc, unit="q", disable=not show_progress) as bar:
             for batch in _batches(todo, batch_size):
                 answers = generate_answers(engine, batch, max_new_tokens=max_new_tokens, builder=builder)
                 for item, text in zip(batch, answers):

@@ -155,18 +155,20 @@ def _generate(engine, samples: Sequence[ZeroShotSample], *, max_new_tokens: int,
         _generate(engine, [sample], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
 
-def option_log_likelihoods(model, template, sample: ZeroShotSample, *, batch_size: int = 8,
-                           norm: str = "sum") -> list[float]:
-    """Log-probability of each option as the answer, under the training format (module docstring)."""
+def option_log_likelihoods(model, template, content: str, options: Sequence[str], images: Sequence[str], *,
+                           batch_size: int = 8, norm: str = "sum") -> list[float]:
+    """Log-probability of each option as the answer to the user turn ``content`` (with its image tags)
+    and ``images``, under the training format (module docstring). The one likelihood scorer of the
+    plugin: ``eval-zeroshot`` and ``exgramed eval``'s likelihood scoring both call it."""
     import torch
 
     encoded = []
     previous_mode = template.mode
     template.set_mode("train")
     try:
-        for option in sample.options:
-            row = {"messages": [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": option}],
-                   "images": [sample.image]}
+        for option in options:
+            row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": option}],
+                   "images": list(images)}
             encoded.append(template.encode(row))
     finally:
         template.set_mode(previous_mode)
@@ -280,8 +282,8 @@ def evaluate_zeroshot(samples: list[ZeroShotSample], *, engine=None, model: str 
             if sample.error is not None and sample.prediction is None and "difflib" in scorings:
                 continue  # its generation already failed: the same input would fail again
             try:
-                scores = option_log_likelihoods(engine.model, engine.template, sample, batch_size=batch_size,
-                                                norm=likelihood_norm)
+                scores = option_log_likelihoods(engine.model, engine.template, sample.prompt, sample.options,
+                                                [sample.image], batch_size=batch_size, norm=likelihood_norm)
             except Exception as error:  # noqa: BLE001 - recorded and listed
                 sample.error = f"likelihood failed: {type(error).__name__}: {error}"
                 continue

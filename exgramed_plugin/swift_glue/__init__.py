@@ -1,9 +1,10 @@
-"""Thin swift glue: model type, template, datasets, the exgra_mga loss, the exgra_vqa metric, and the
-alignment head on swift's built-in VLMs."""
+"""Thin swift glue: model type, template, datasets, the exgra_mga loss, the exgra_vqa / exgra_mc metrics, and
+the alignment head on swift's built-in VLMs."""
 
 import logging
 
 from .builtin_models import register_builtin_alignment
+from .choice_datasets import register_choice_benchmarks
 from .datasets import register_exgra_med_datasets
 from .hub_datasets import register_hub_benchmarks
 from .loss import register_exgra_mga_loss
@@ -36,6 +37,7 @@ def register_all() -> None:
     register_exgra_med_model()
     register_exgra_med_datasets()
     register_hub_benchmarks()
+    register_choice_benchmarks()
     register_exgra_mga_loss()
     register_exgra_vqa_metric()
     register_builtin_alignment()

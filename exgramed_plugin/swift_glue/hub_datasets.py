@@ -41,16 +41,20 @@ def language_of(meta: HubBenchmarkMeta, subsets: list[str]) -> str:
     return chosen.pop()
 
 
+def standard_rows_dataset(loader: DatasetLoader, rows: list[dict], source: str):
+    """Rows a benchmark loader built, through the plugin's strict preprocessor, as swift's loaders return them."""
+    dataset = ExGraMedPreprocessor(source=source)(HfDataset.from_list(rows), num_proc=loader.num_proc)
+    if loader.remove_unused_columns:
+        dataset = RowPreprocessor.remove_useless_columns(dataset)
+    return dataset
+
+
 class HubBenchmarkLoader(DatasetLoader):
     def load(self, dataset_syntax=None, dataset_meta=None, *, use_hf=None):
         benchmark = BENCHMARKS[dataset_meta.benchmark]
         split = dataset_meta.split[0]
         rows = load_benchmark(benchmark.name, split, language=language_of(dataset_meta, dataset_syntax.subsets))
-        preprocess = ExGraMedPreprocessor(source=f"{benchmark.repo_id} ({split})")
-        dataset = preprocess(HfDataset.from_list(rows), num_proc=self.num_proc)
-        if self.remove_unused_columns:
-            dataset = RowPreprocessor.remove_useless_columns(dataset)
-        return dataset
+        return standard_rows_dataset(self, rows, f"{benchmark.repo_id} ({split})")
 
 
 def hub_dataset_metas() -> list[HubBenchmarkMeta]:

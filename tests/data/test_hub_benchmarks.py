@@ -192,9 +192,10 @@ def test_slake_rows_are_standard_rows_with_images_from_the_zip(tmp_path):
     assert rows[1] == {"messages": [{"role": "user", "content": "<image>\nDoes the picture contain lung?"},
                                     {"role": "assistant", "content": "Yes"}],
                        "images": [str((root / "imgs" / "xmlab102" / "source.jpg").resolve())],
-                       "id": "slake-test-11935", "answer_type": "CLOSED", "extended_answers": None}
+                       "id": "slake-test-11935", "answer_type": "CLOSED", "extended_answers": None, "q_lang": "en"}
     assert Path(rows[2]["images"][0]).read_bytes() == image_bytes("blue", "JPEG")
     assert rows[2]["messages"][0]["content"] == "<image>\n这张图片的成像方式是什么?"
+    assert rows[2]["q_lang"] == "zh"  # MedEvalKit's SLAKE prompt is in the question's language
 
 
 def test_slake_zip_is_extracted_once(tmp_path):

@@ -131,3 +131,30 @@ def test_cli_reports_mismatch_on_stderr(files: dict[str, Path], tmp_path: Path,
     short = _answers(tmp_path / "short.jsonl", {1: "yes"})
     assert main([str(short), "--gt", str(files["gt"]), "--out", str(tmp_path / "o")]) == 2
     assert "no answer for 3 id(s): ['2', '3', '4']" in capsys.readouterr().err
+
+
+def test_compare_on_multiple_choice_questions_of_exgramed_eval(tmp_path):
+    """Paired bootstrap over the questions of a questions.jsonl written by exgramed eval: model A right on
+    the 3 questions, model B on 2 (its empty reply to q2 is option A under MedEvalKit, wrong; corrected: no
+    option): all-accuracies 100 and 66.67, every resample's difference <= 0."""
+    import json
+
+    from exgramed_plugin.data.mc_benchmarks import ChoiceQuestion
+    from exgramed_plugin.eval.compare import compare_models, write_comparison
+    from exgramed_plugin.eval.multiple_choice import question_row
+
+    questions = [ChoiceQuestion(f"q{i}", "pmc_vqa", "Q?", ("A:x", "B:y"), answer, ("/x.png",))
+                 for i, answer in enumerate("ABB")]
+    gt = tmp_path / "questions.jsonl"
+    gt.write_text("".join(json.dumps(question_row(q, "test")) + "\n" for q in questions))
+    for name, replies in (("a", ["A", "B", "B"]), ("b", ["A", "B", ""])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"question_id": f"q{i}", "text": r}) + "\n"
+                                                        for i, r in enumerate(replies)))
+    comparison = compare_models(gt, [tmp_path / "a.jsonl", tmp_path / "b.jsonl"], resamples=200, seed=0)
+    assert comparison["answer_types"] == ["all"] and comparison["dataset"] == "pmc_vqa"
+    for convention in ("medevalkit", "medevalkit_corrected"):
+        assert comparison["results"][convention]["all"]["a"]["value"] == 100.0
+        assert comparison["results"][convention]["all"]["b"]["value"] == pytest.approx(200 / 3)
+        assert comparison["differences"][convention]["all"]["b"]["high"] <= 0
+    files = write_comparison(comparison, tmp_path / "out")
+    assert "| medevalkit | all | 100.00" in files.markdown.read_text()

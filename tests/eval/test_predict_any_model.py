@@ -332,5 +332,6 @@ def test_zeroshot_scores_a_qwen_model(qwen_engine, tmp_path):
         logits = qwen_engine.model(**batch).logits[0].float()
     positions = [i for i in range(1, labels.shape[0]) if labels[i] != -100]
     by_hand = sum(float(torch.log_softmax(logits[i - 1], -1)[labels[i]]) for i in positions)
-    assert option_log_likelihoods(qwen_engine.model, template, samples[0])[1] == pytest.approx(by_hand, abs=1e-4)
+    assert option_log_likelihoods(qwen_engine.model, template, samples[0].prompt, samples[0].options,
+                                  [samples[0].image])[1] == pytest.approx(by_hand, abs=1e-4)
     assert scores[1] == pytest.approx(by_hand, abs=1e-4)

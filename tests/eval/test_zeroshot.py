@@ -66,13 +66,15 @@ def test_likelihood_scores_match_the_closed_form_and_pick_the_planted_option(eng
     from exgramed_plugin.eval.zeroshot import ZeroShotSample, argmax_first, option_log_likelihoods
     boosted, vocab = planted
     sample = ZeroShotSample("q", "D", "M", "Which animal?", ["lion", "zebra", "horse"], "zebra", IMAGE)
-    scores = option_log_likelihoods(engine.model, engine.template, sample, batch_size=2)
+    scores = option_log_likelihoods(engine.model, engine.template, sample.prompt, sample.options, [sample.image],
+                                    batch_size=2)
     log_z = math.log(len(boosted) * math.exp(BOOST) + vocab - len(boosted))
     expected = [sum((BOOST if t in boosted else 0.0) - log_z for t in _labels(engine.template, sample.prompt, o))
                 for o in sample.options]
     assert scores == pytest.approx(expected, abs=1e-3)
     assert argmax_first(scores) == 1
-    mean = option_log_likelihoods(engine.model, engine.template, sample, norm="mean")
+    mean = option_log_likelihoods(engine.model, engine.template, sample.prompt, sample.options, [sample.image],
+                                  norm="mean")
     counts = [len(_labels(engine.template, sample.prompt, o)) for o in sample.options]
     assert mean == pytest.approx([e / n for e, n in zip(expected, counts)], abs=1e-3)
 

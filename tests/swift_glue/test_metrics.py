@@ -44,3 +44,37 @@ def test_registered_metric_reads_serialized_strings(registered):
     scores = metric.compute_metrics(EvalPrediction(predictions=preds, label_ids=labels))
     assert scores["average"] == pytest.approx((200 / 3 + 25.0) / 2)
     assert isinstance(torch.tensor(scores["average"]).item(), float)
+
+
+def test_exgra_mc_reads_the_choices_from_the_evaluation_rows(registered):
+    """--eval_metric exgra_mc as the trainer calls it: serialized replies and labels, the rows (with their
+    mc_question column) in trainer.eval_dataset. Verdicts by hand: 'B' right, '' -> MedEvalKit option A
+    (answer B: wrong), '(A)' -> MedEvalKit difflib over 'a. yes'/'b. no': no shared character with
+    '(a)' except 'a' of 'a. yes' -> A, right; corrected reads '(a)' as A too."""
+    from datasets import Dataset
+    from swift.metrics import eval_metrics_map
+    from swift.utils import Serializer
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers.trainer_utils import EvalPrediction
+
+    from exgramed_plugin.data.mc_benchmarks import ChoiceQuestion
+    from exgramed_plugin.eval.multiple_choice import question_row
+    from exgramed_plugin.swift_glue.metrics import ExGraChoiceMetrics, register_exgra_vqa_metric
+
+    register_exgra_vqa_metric()
+    assert eval_metrics_map["exgra_mc"] is ExGraChoiceMetrics
+    questions = [ChoiceQuestion(f"q{i}", "pmc_vqa", "Abnormal?", ("A. yes", "B. no"), answer, ("/x.png",))
+                 for i, answer in enumerate("BBA")]
+    rows = Dataset.from_list([question_row(q, "test") for q in questions])
+    replies, labels = ["B", "", "(A)"], ["B", "B", "A"]
+    preds = pad_sequence([Serializer.to_tensor(r) for r in replies], batch_first=True).numpy()
+    label_ids = pad_sequence([Serializer.to_tensor(label) for label in labels], batch_first=True).numpy()
+    trainer = type("Trainer", (), {"eval_dataset": rows})()
+    scores = ExGraChoiceMetrics(args=None, trainer=trainer).compute_metrics(
+        EvalPrediction(predictions=preds, label_ids=label_ids))
+    assert scores["medevalkit"] == pytest.approx(200 / 3) and scores["medevalkit_corrected"] == pytest.approx(200 / 3)
+    assert scores["pmc_vqa_medevalkit"] == pytest.approx(200 / 3) and scores["num_questions"] == 3.0
+    trainer.eval_dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    with pytest.raises(ValueError, match="need the 'mc_question' column"):
+        ExGraChoiceMetrics(args=None, trainer=trainer).compute_metrics(
+            EvalPrediction(predictions=preds, label_ids=label_ids))
