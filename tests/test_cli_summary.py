@@ -18,7 +18,7 @@ SUCCESS_CHECKED_IN = {
     "download": "test_hub.py", "report": "eval/test_report.py", "compare": "eval/test_compare.py",
     "eval-chat": "eval/test_chat_judge.py", "experiment": "experiment/test_data_efficiency_quick.py",
     "extend-captions": "data/test_extend_captions.py", "doctor": "test_doctor.py",
-    "sft": "swift_glue/test_builtin_guarantees_cli.py",
+    "sft": "swift_glue/test_builtin_guarantees_cli.py", "eval": "eval/test_suite.py",
     **{name: "test_cli_summary.py" for name in ("make-demo-data", "subset", "build-candidates", "llava-to-swift",
                                                 "swift-to-llava", "eval-zeroshot")},
 }

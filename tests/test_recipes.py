@@ -118,3 +118,11 @@ def test_full_fp16_training_without_deepspeed_is_refused_naming_the_arguments():
     for fine in (dict(broken.__dict__, deepspeed="zero2"), dict(broken.__dict__, tuner_type="lora"),
                  dict(broken.__dict__, torch_dtype="bfloat16")):
         assert precision_problem(SimpleNamespace(**fine)) is None
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_checkpointing_is_non_reentrant(recipe: Path):
+    # the alignment's text pass reruns checkpointed layers: reentrant checkpointing reduces their gradients twice
+    content = yaml.safe_load(recipe.read_text())
+    fsdp_checkpointing = ((content.get("fsdp") or {}).get("fsdp_config") or {}).get("activation_checkpointing")
+    assert fsdp_checkpointing or (content.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant") is False

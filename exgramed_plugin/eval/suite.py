@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.hub_benchmarks import load_benchmark
-from exgramed_plugin.data.jsonio import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.data.jsonio import append_jsonl, print_summary, read_json, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.data.mc_benchmarks import get_choice_benchmark, load_choice_benchmark
 from exgramed_plugin.eval import medevalkit_choice, mmmu_metrics
 from exgramed_plugin.eval import multiple_choice as choice
@@ -457,15 +457,15 @@ def main(argv: list[str] | None = None) -> int:
                             likelihood_norm=args.likelihood_norm)
     except (ValueError, OSError) as error:  # DataFormatError (a bad benchmark folder or question) is a ValueError
         print(f"error: {error}", file=sys.stderr)
-        print(json.dumps({"ok": False, "error": str(error)}))
+        print_summary({"error": str(error)}, ok=False)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: answers so far are kept under {args.out}; resume with the same command: "
               f"exgramed eval {shlex.join(argv)}", file=sys.stderr)
-        print(json.dumps({"ok": False, "error": "interrupted", "out": args.out}))
+        print_summary({"error": "interrupted", "out": args.out}, ok=False)
         return 130
     print(Path(summary["table"]).read_text(encoding="utf-8"))
-    print(json.dumps(summary))
+    print_summary({key: value for key, value in summary.items() if key != "ok"})
     return 0
 
 

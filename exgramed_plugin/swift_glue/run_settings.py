@@ -114,6 +114,10 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
                                 "which sequence parallelism does not support yet; use --sequence_parallel_size 1 "
                                 "(or MGA_ALPHA=0)")
         _check_graph_size(args, settings)
+        from swift.utils import get_dist_setting
+        problem = reentrant_checkpointing_problem(args, world_size=max(1, get_dist_setting()[2]))
+        if problem:
+            raise SettingsError(problem)
         callbacks = getattr(args, "callbacks", None)
         if isinstance(callbacks, list) and HEAD_CALLBACK not in callbacks:
             callbacks.append(HEAD_CALLBACK)  # restores a built-in model's graph network on resume
@@ -183,6 +187,52 @@ def precision_problem(args: Any) -> str | None:
     return (f"--torch_dtype {dtype} with --tuner_type full and no --deepspeed trains fp16 weights under fp16 AMP, "
             "which torch refuses at step 1 ('Attempting to unscale FP16 gradients'): use --torch_dtype bfloat16 "
             "(GPUs since Ampere), or keep float16 with --deepspeed zero2 / zero3 (fp32 master weights)")
+
+
+def deepspeed_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of ``--deepspeed`` (a swift preset name, a JSON file or a dict); None without one."""
+    if not deepspeed:
+        return None
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        if not deepspeed.endswith(".json"):
+            stages = [stage for stage in (3, 2, 1, 0) if f"zero{stage}" in deepspeed]
+            return stages[0] if stages else None
+        from ..data.jsonio import read_json
+        config = read_json(deepspeed)
+    return int((config.get("zero_optimization") or {}).get("stage", 0)) if isinstance(config, dict) else None
+
+
+def reentrant_checkpointing_problem(args: Any, *, world_size: int) -> str | None:
+    """Why reentrant gradient checkpointing cannot train with the alignment here, or None.
+
+    The text passes run the checkpointed decoder layers a second time in the step; with reentrant
+    checkpointing their gradients are then reduced twice: DDP stops ("Expected to mark a variable
+    ready only once") and DeepSpeed ZeRO-1/2 too ("Gradient computed twice for this partition"),
+    both seen on gloo. ZeRO-3 and one process without DeepSpeed train. swift's default is
+    reentrant under DeepSpeed and FSDP, non-reentrant for plain multi-process runs.
+    """
+    if not getattr(args, "gradient_checkpointing", True):
+        return None
+    kwargs = getattr(args, "gradient_checkpointing_kwargs", None) or {}
+    if isinstance(kwargs, str):
+        import json
+        kwargs = json.loads(kwargs)
+    stage = deepspeed_stage(getattr(args, "deepspeed", None))
+    reentrant = kwargs.get("use_reentrant")
+    if reentrant is None:  # swift's default (swift/trainers/mixin.py _fix_gradient_checkpointing)
+        reentrant = not (world_size > 1 and stage is None and not getattr(args, "fsdp", None))
+    if not reentrant:
+        return None
+    if stage in (0, 1, 2):
+        engine = f"DeepSpeed ZeRO-{stage}"
+    elif stage is None and world_size > 1 and not getattr(args, "fsdp", None):
+        engine = "DDP"
+    else:
+        return None
+    return (f"--loss_type {LOSS_TYPE} with reentrant gradient checkpointing under {engine}: the alignment's text pass "
+            "runs the checkpointed layers a second time in the step, so their gradients would be reduced twice; pass "
+            "--gradient_checkpointing_kwargs '{\"use_reentrant\": false}' (every shipped recipe does)")
 
 
 def fitting_model_types(model_dir: str) -> list[str]:

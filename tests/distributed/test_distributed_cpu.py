@@ -195,6 +195,25 @@ def _deepspeed_skip_reason() -> str | None:
 
 
 @pytest.mark.skipif(_deepspeed_skip_reason() is not None, reason=_deepspeed_skip_reason() or "")
+def test_two_process_zero2_with_non_reentrant_checkpointing(tiny_checkpoint, data_file, tmp_path):
+    # The shipped recipes' setting. With reentrant checkpointing (swift's default under DeepSpeed) the text pass's
+    # second run of the checkpointed layers stops ZeRO-2 ("Gradient computed twice for this partition"), and DDP
+    # ("Expected to mark a variable ready only once"): the plugin refuses those at start-up (test_run_settings.py).
+    import swift
+    preset = json.loads((Path(swift.__file__).parent / "config" / "zero2.json").read_text())
+    assert preset["zero_optimization"]["stage"] == 2
+    preset.pop("train_batch_size")  # CPU artefact, see the module docstring
+    config_file = tmp_path / "zero2_cpu.json"
+    config_file.write_text(json.dumps(preset))
+    result = _two_process_sft(["--model", str(tiny_checkpoint), "--dataset", str(data_file), "--deepspeed",
+                               str(config_file), "--fp16", "false", "--bf16", "false", "--gradient_checkpointing",
+                               "true", "--gradient_checkpointing_kwargs", '{"use_reentrant": false}',
+                               "--output_dir", str(tmp_path / "zero2")], cwd=tmp_path, env_extra={})
+    _check_global_graph_run(result, tmp_path / "zero2")
+    assert "use_reentrant: False" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(_deepspeed_skip_reason() is not None, reason=_deepspeed_skip_reason() or "")
 def test_two_process_zero3_global_graph(tiny_checkpoint, text_rank_data_file, tmp_path):
     # rank 1's batches hold no image: it must still call the vision tower as often as rank 0 (else ZeRO-3 hangs)
     import swift

@@ -1,7 +1,9 @@
-"""``benchmarks/gpu_step.py``: a clear exit without CUDA, and batches the models accept (CPU, tiny models)."""
+"""``benchmarks/gpu_step.py``: a clear exit without CUDA, and batches the models accept (CPU, tiny models);
+``benchmarks/gpu_acceptance.sh --cpu-smoke``: every check a CPU can run."""
 
 import importlib.util
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +91,40 @@ def test_qwen2_5_vl_padded_and_padding_free_batches_give_the_same_losses():
     assert flash["cu_seq_lens_q"].tolist() == starts + [sum(lengths)] == [0, *itertools.accumulate(lengths)]
     assert flash["cu_seq_lens_q"].dtype == torch.int32 and torch.equal(flash["cu_seq_lens_k"], flash["cu_seq_lens_q"])
     assert flash["max_length_q"] == flash["max_length_k"] == max(lengths)
+
+
+@pytest.mark.slow
+def test_gpu_acceptance_cpu_smoke_runs_every_check_a_cpu_can(tmp_path):
+    """benchmarks/gpu_acceptance.sh --cpu-smoke: one line per check, DONE last, no FAIL (the GPU-only checks SKIP)."""
+    script = REPO_ROOT / "benchmarks" / "gpu_acceptance.sh"
+    result = subprocess.run(["bash", str(script), "--cpu-smoke", "--json", str(tmp_path / "a.json")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = result.stdout.strip().splitlines()
+    checks = {line.split()[1]: line.split()[2] for line in lines if line.startswith("CHECK ")}
+    assert lines[-1] == "DONE fails=0 required_skipped=swift_sft_fp16_zero2", result.stdout + result.stderr[-3000:]
+    assert result.returncode == 0  # on a CPU a required SKIP is not a failure
+    assert {name for name, status in checks.items() if status == "PASS"} == {
+        "solver_float32_costs", "blackbox_loss_scale", "loss_scale_read", "packed_vs_padded_nodes",
+        "padded_vs_padding_free_qwen", "mga_step_time"}
+    assert set(checks) == {c.name for c in _load_acceptance().CHECKS}
+    assert json.loads((tmp_path / "a.json").read_text())["device"] == "cpu"
+
+
+def _load_acceptance():
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", REPO_ROOT / "benchmarks" / "gpu_acceptance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_acceptance_fails_a_required_skip_only_on_a_gpu(capsys):
+    module = _load_acceptance()
+    failing = module.Check("broken", lambda ctx: (_ for _ in ()).throw(ValueError("boom")), required=True)
+    skipped = module.Check("gpu_only", lambda ctx: module._gpu_only(ctx, "it"), required=True)
+    late = module.Check("optional", lambda ctx: "ran", estimate_s=100.0)
+    ctx = module.Context(device="cpu", cpu_smoke=False, started=0.0, deadline_s=1.0)
+    ctx.started = __import__("time").perf_counter()
+    results = module.run_checks(ctx, (failing, skipped, late))
+    assert [r["status"] for r in results] == ["FAIL", "SKIP", "SKIP"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("CHECK broken FAIL ValueError: boom") and "deadline" in printed[2]

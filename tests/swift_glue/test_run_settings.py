@@ -80,3 +80,34 @@ def test_sequence_parallel_is_refused_with_the_alignment():
     with pytest.raises(SettingsError, match="--sequence_parallel_size 2 with --loss_type exgra_mga"):
         check_swift_run(args, settings_from_swift_args(args, environ={}))
     check_swift_run(args, settings_from_swift_args(args, environ={"MGA_ALPHA": "0"}))  # no text pass: fine
+
+
+@pytest.mark.parametrize("engine, world, checkpointing_kwargs, refused", [
+    ({}, 2, {"use_reentrant": True}, "DDP"),  # gloo: "Expected to mark a variable ready only once"
+    ({}, 2, None, None),  # swift's default for DDP: non-reentrant
+    ({}, 1, {"use_reentrant": True}, None),  # one process: no gradient reduction
+    ({"deepspeed": "zero2"}, 2, None, "DeepSpeed ZeRO-2"),  # swift's default under DeepSpeed: reentrant
+    ({"deepspeed": "zero2"}, 1, None, "DeepSpeed ZeRO-2"),  # "Gradient computed twice for this partition"
+    ({"deepspeed": "zero2"}, 2, '{"use_reentrant": false}', None),
+    ({"deepspeed": "zero3"}, 2, None, None),  # ZeRO-3 trains (tests/distributed/test_distributed_cpu.py)
+])
+def test_reentrant_checkpointing_with_a_second_decoder_pass_is_refused_by_name(engine, world, checkpointing_kwargs,
+                                                                             refused):
+    from exgramed_plugin.swift_glue.run_settings import reentrant_checkpointing_problem
+    args = SimpleNamespace(gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing_kwargs, fsdp="",
+                           **{"deepspeed": None, **engine})
+    problem = reentrant_checkpointing_problem(args, world_size=world)
+    if refused is None:
+        assert problem is None
+    else:
+        assert f"reentrant gradient checkpointing under {refused}" in problem
+        assert """--gradient_checkpointing_kwargs '{"use_reentrant": false}'""" in problem
+    args.gradient_checkpointing = False
+    assert reentrant_checkpointing_problem(args, world_size=world) is None
+
+
+def test_deepspeed_stage_of_presets_and_files(tmp_path):
+    from exgramed_plugin.swift_glue.run_settings import deepspeed_stage
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert [deepspeed_stage(v) for v in (None, "zero2", "zero3_offload", "zero1", str(config))] == [None, 2, 3, 1, 2]
