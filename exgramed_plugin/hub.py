@@ -26,7 +26,6 @@ files by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

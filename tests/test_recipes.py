@@ -99,7 +99,7 @@ def test_recipe_trains_the_modules_its_image_nodes_come_from(registered, request
 def test_recipe_precision_and_engine_can_train(recipe: Path):
     from types import SimpleNamespace
 
-    from exgramed_plugin.swift_glue.run_settings import precision_problem
+    from exgramed_plugin.swift_glue.run_checks import precision_problem
     content = yaml.safe_load(recipe.read_text())
     content.pop("ENV", None)
     assert precision_problem(SimpleNamespace(**content)) is None
@@ -110,7 +110,7 @@ def test_recipe_precision_and_engine_can_train(recipe: Path):
 def test_full_fp16_training_without_deepspeed_is_refused_naming_the_arguments():
     from types import SimpleNamespace
 
-    from exgramed_plugin.swift_glue.run_settings import precision_problem
+    from exgramed_plugin.swift_glue.run_checks import precision_problem
     broken = SimpleNamespace(torch_dtype="float16", tuner_type="full", deepspeed=None)
     message = precision_problem(broken)
     assert "--torch_dtype float16 with --tuner_type full and no --deepspeed" in message

@@ -19,7 +19,6 @@ this plugin, without assembling download, prediction and scoring by hand. The st
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass

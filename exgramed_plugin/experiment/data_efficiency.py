@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.jsonio import read_json, read_jsonl, write_json
+from ..data.jsonio import print_summary, read_json, read_jsonl, write_json
 from ..demo_stages import log_tail
 from ..settings import SETTING_KEYS
 

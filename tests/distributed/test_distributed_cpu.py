@@ -194,17 +194,23 @@ def _deepspeed_skip_reason() -> str | None:
     return None
 
 
+def _cpu_deepspeed_config(stage: int, folder: Path) -> Path:
+    """swift's ZeRO preset of ``stage`` without ``train_batch_size`` (CPU artefact, see the module docstring)."""
+    import swift
+    preset = json.loads((Path(swift.__file__).parent / "config" / f"zero{stage}.json").read_text())
+    assert preset["zero_optimization"]["stage"] == stage
+    preset.pop("train_batch_size")
+    config_file = folder / f"zero{stage}_cpu.json"
+    config_file.write_text(json.dumps(preset))
+    return config_file
+
+
 @pytest.mark.skipif(_deepspeed_skip_reason() is not None, reason=_deepspeed_skip_reason() or "")
 def test_two_process_zero2_with_non_reentrant_checkpointing(tiny_checkpoint, data_file, tmp_path):
     # The shipped recipes' setting. With reentrant checkpointing (swift's default under DeepSpeed) the text pass's
     # second run of the checkpointed layers stops ZeRO-2 ("Gradient computed twice for this partition"), and DDP
     # ("Expected to mark a variable ready only once"): the plugin refuses those at start-up (test_run_settings.py).
-    import swift
-    preset = json.loads((Path(swift.__file__).parent / "config" / "zero2.json").read_text())
-    assert preset["zero_optimization"]["stage"] == 2
-    preset.pop("train_batch_size")  # CPU artefact, see the module docstring
-    config_file = tmp_path / "zero2_cpu.json"
-    config_file.write_text(json.dumps(preset))
+    config_file = _cpu_deepspeed_config(2, tmp_path)
     result = _two_process_sft(["--model", str(tiny_checkpoint), "--dataset", str(data_file), "--deepspeed",
                                str(config_file), "--fp16", "false", "--bf16", "false", "--gradient_checkpointing",
                                "true", "--gradient_checkpointing_kwargs", '{"use_reentrant": false}',
@@ -216,12 +222,7 @@ def test_two_process_zero2_with_non_reentrant_checkpointing(tiny_checkpoint, dat
 @pytest.mark.skipif(_deepspeed_skip_reason() is not None, reason=_deepspeed_skip_reason() or "")
 def test_two_process_zero3_global_graph(tiny_checkpoint, text_rank_data_file, tmp_path):
     # rank 1's batches hold no image: it must still call the vision tower as often as rank 0 (else ZeRO-3 hangs)
-    import swift
-    preset = json.loads((Path(swift.__file__).parent / "config" / "zero3.json").read_text())
-    assert preset["zero_optimization"]["stage"] == 3
-    preset.pop("train_batch_size")  # CPU artefact, see the module docstring
-    config_file = tmp_path / "zero3_cpu.json"
-    config_file.write_text(json.dumps(preset))
+    config_file = _cpu_deepspeed_config(3, tmp_path)
     result = _two_process_sft(["--model", str(tiny_checkpoint), "--dataset", str(text_rank_data_file), "--deepspeed",
                                str(config_file), "--fp16", "false", "--bf16", "false", "--dataset_shuffle", "false",
                                "--train_dataloader_shuffle", "false", "--output_dir", str(tmp_path / "zero3")],

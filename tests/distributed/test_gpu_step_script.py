@@ -113,6 +113,7 @@ def test_gpu_acceptance_cpu_smoke_runs_every_check_a_cpu_can(tmp_path):
 def _load_acceptance():
     spec = importlib.util.spec_from_file_location("gpu_acceptance", REPO_ROOT / "benchmarks" / "gpu_acceptance.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -78,7 +78,7 @@ def test_an_empty_data_file_is_named(registered, content, tmp_path):
 
 
 def test_a_gpu_recipe_on_a_cpu_lists_every_setting_to_change():
-    from exgramed_plugin.swift_glue.run_settings import machine_problems
+    from exgramed_plugin.swift_glue.run_checks import machine_problems
     recipe = SimpleNamespace(torch_dtype="bfloat16", attn_impl="flash_attn", deepspeed="zero2", use_cpu=False)
     cpu = machine_problems(recipe, accelerator=False, flash_attn_installed=False, deepspeed_installed=False)
     assert [problem.split(" (")[0] for problem in cpu] == ["--torch_dtype float32", "--attn_impl sdpa",

@@ -93,7 +93,7 @@ def test_sequence_parallel_is_refused_with_the_alignment():
 ])
 def test_reentrant_checkpointing_with_a_second_decoder_pass_is_refused_by_name(engine, world, checkpointing_kwargs,
                                                                              refused):
-    from exgramed_plugin.swift_glue.run_settings import reentrant_checkpointing_problem
+    from exgramed_plugin.swift_glue.run_checks import reentrant_checkpointing_problem
     args = SimpleNamespace(gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing_kwargs, fsdp="",
                            **{"deepspeed": None, **engine})
     problem = reentrant_checkpointing_problem(args, world_size=world)
@@ -107,7 +107,7 @@ def test_reentrant_checkpointing_with_a_second_decoder_pass_is_refused_by_name(e
 
 
 def test_deepspeed_stage_of_presets_and_files(tmp_path):
-    from exgramed_plugin.swift_glue.run_settings import deepspeed_stage
+    from exgramed_plugin.swift_glue.run_checks import deepspeed_stage
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     assert [deepspeed_stage(v) for v in (None, "zero2", "zero3_offload", "zero1", str(config))] == [None, 2, 3, 1, 2]
