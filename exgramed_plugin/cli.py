@@ -169,7 +169,7 @@ def _is_bad_input(error: ValueError) -> bool:
 
 
 def _print_failure(command: str | None, exit_code: int, error: str | None = None) -> None:
-    """The last stdout line of a failed command, unless the command printed its own summary."""
+    """The last stdout line of a failed command (``main`` skips it when the command printed its own)."""
     facts: dict[str, object] = {"command": command, "exit_code": exit_code}
     if error:
         facts["error"] = error
