@@ -198,7 +198,7 @@ def test_pair_indicator_difference_matches_dense_indicator(structure):
         assignment[torch.rand(b, n, generator=gen) < 0.3] = -1
         matchings.append(F.one_hot(assignment + 1, m + 1)[..., 1:].double())
     expected = edge_pair_indicator(matchings[0], edges_a, edges_b) - edge_pair_indicator(matchings[1], edges_a, edges_b)
-    found = _pair_indicator_difference(problem, matchings[0], matchings[1], scale=-0.5)
+    found = _pair_indicator_difference(problem.pair_index(), matchings[0], matchings[1], scale=-0.5)
     torch.testing.assert_close(torch.from_numpy(found), -0.5 * expected, rtol=0, atol=0)
 
 

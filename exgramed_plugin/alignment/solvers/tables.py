@@ -95,6 +95,11 @@ class _Tables:
             canonical=self.canonical[index],
         )
 
+    def pair_index(self) -> _PairIndex:
+        """The pair part of these tables (shared arrays)."""
+        return _PairIndex(self.b, self.n, self.m, self.src_a, self.dst_a, self.pair_base[: self.src_a.size],
+                          self.pair_ids, self.canonical, self.pair_values is not self.quadratic)
+
     @staticmethod
     def build(problem: GraphMatchingProblem) -> _Tables:
         b, n, m = problem.shape
@@ -102,6 +107,7 @@ class _Tables:
         src_b, dst_b = problem.src_b.numpy(), problem.dst_b.numpy()
         e1, e2 = src_a.shape[1], src_b.shape[1]
         problems = np.arange(b)[:, None]
+        pairs = _PairIndex.build(src_a, dst_a, src_b, dst_b, n, m)
 
         # incidence lists of both halves of all problems at once: key (p, h, node)
         keys = np.concatenate([dst_b, src_b + (m + 1)], axis=1) + 2 * (m + 1) * problems
@@ -110,23 +116,14 @@ class _Tables:
         order = np.argsort(keys, kind="stable")
         degree = np.bincount(keys, minlength=b * 2 * (m + 1))
 
+        # float32 or float64 costs, read as they are: every sum of them is taken in float64 (bincount)
         quadratic = np.ascontiguousarray(problem.quadratic.numpy()).reshape(-1)
         edge_rows = np.arange(b * e1) * e2
-        # canonical id of each B node pair (p, j, l): its first edge, -1 if none
-        key = (src_b * (m + 1) + dst_b + (m + 1) ** 2 * problems).reshape(-1)
-        ids = np.full(b * (m + 1) ** 2, -1, dtype=np.int64)
-        edge_ids = np.tile(np.arange(e2), b)
-        ids[key] = edge_ids
-        canonical = ids[key]
-        if (canonical == edge_ids).all():
+        if not pairs.duplicates:
             coalesced = quadratic  # no duplicate B edges (kNN graphs): nothing to sum
         else:
-            ids.fill(e2)
-            np.minimum.at(ids, key, edge_ids)
-            ids[ids == e2] = -1
-            canonical = ids[key]
-            slots = (edge_rows.reshape(b, e1, 1) + canonical.reshape(b, 1, e2)).reshape(-1)
-            coalesced = np.bincount(slots, problem.quadratic.numpy().reshape(-1), minlength=b * e1 * e2)
+            slots = (edge_rows.reshape(b, e1, 1) + pairs.canonical.reshape(b, 1, e2)).reshape(-1)
+            coalesced = np.bincount(slots, quadratic, minlength=b * e1 * e2)
         slot = (n * n * problems + src_a * n + dst_a).reshape(-1)
         return _Tables(
             b=b,
@@ -141,14 +138,60 @@ class _Tables:
             value_base=edge_rows.repeat(2),
             row_base=(np.stack([src_a, dst_a], axis=2) * m + 2 * n * m * problems[:, :, None]).reshape(-1),
             quadratic=quadratic,
-            src_a=(src_a + n * problems).reshape(-1),
-            dst_a=(dst_a + n * problems).reshape(-1),
-            pair_base=np.tile(((m + 1) ** 2 * problems).repeat(e1, axis=1).reshape(-1), 2),
+            src_a=pairs.src_a,
+            dst_a=pairs.dst_a,
+            pair_base=np.tile(pairs.pair_base, 2),
             pair_value_base=np.tile(edge_rows, 2),
             pair_slot=np.concatenate([slot, slot + b * n * n]),
-            pair_ids=ids,
+            pair_ids=pairs.pair_ids,
             pair_values=coalesced,
+            canonical=pairs.canonical,
+        )
+
+
+@dataclass(frozen=True)
+class _PairIndex:
+    """Which B edge joins each B node pair, over a batch: all the black-box gradient needs (no costs).
+
+    ``pair_ids[pair_base[a] + j * (m+1) + l]`` is the canonical id (its first edge) of the B edge
+    ``j -> l`` of A edge ``a``'s problem, ``-1`` where there is none (``j`` or ``l`` = ``m``: unassigned).
+    """
+
+    b: int
+    n: int
+    m: int
+    src_a: np.ndarray  # [b * E1] flat row p * n + src
+    dst_a: np.ndarray  # [b * E1]
+    pair_base: np.ndarray  # [b * E1] offset p * (m+1)^2 into ``pair_ids``
+    pair_ids: np.ndarray  # [b * (m+1)^2]
+    canonical: np.ndarray  # [b, E2] canonical id of each B edge (itself unless duplicated)
+    duplicates: bool  # some B edges join the same node pair
+
+    @staticmethod
+    def build(src_a: np.ndarray, dst_a: np.ndarray, src_b: np.ndarray, dst_b: np.ndarray, n: int, m: int) -> _PairIndex:
+        """From the edge ends ``[b, E]`` of both graphs."""
+        b, e1 = src_a.shape
+        e2 = src_b.shape[1]
+        problems = np.arange(b)[:, None]
+        key = (src_b * (m + 1) + dst_b + (m + 1) ** 2 * problems).reshape(-1)
+        ids = np.full(b * (m + 1) ** 2, -1, dtype=np.int64)
+        edge_ids = np.tile(np.arange(e2), b)
+        ids[key] = edge_ids
+        canonical = ids[key]
+        duplicates = not (canonical == edge_ids).all()
+        if duplicates:  # the first of the edges that join a pair stands for them all
+            ids.fill(e2)
+            np.minimum.at(ids, key, edge_ids)
+            ids[ids == e2] = -1
+            canonical = ids[key]
+        return _PairIndex(
+            b=b, n=n, m=m,
+            src_a=(src_a + n * problems).reshape(-1),
+            dst_a=(dst_a + n * problems).reshape(-1),
+            pair_base=((m + 1) ** 2 * problems).repeat(e1, axis=1).reshape(-1),
+            pair_ids=ids,
             canonical=canonical.reshape(b, e2),
+            duplicates=duplicates,
         )
 
 
