@@ -26,6 +26,7 @@ from .solvers import (
     DEFAULT_SOLVER,
     GraphMatchingProblem,
     _pair_indicator_difference,
+    _sparse_pair_indicator_difference,
     batched_inputs,
     edge_pair_index,
     prepare_problem,
@@ -54,12 +55,13 @@ class BlackboxMatching(torch.autograd.Function):
     """``matching = solver(unary, quadratic)`` with the λ-perturbation backward (see module doc).
 
     ``apply(unary [b,n,m], quadratic [b,E1,E2], edges_a [b,2,E1], edges_b [b,2,E2], solver,
-    lambda_val, loss_scale, fidelity, solver_options, split)``; prefer :func:`blackbox_matching`.
+    lambda_val, loss_scale, fidelity, solver_options, split, sparse_quadratic_grad)``; prefer
+    :func:`blackbox_matching`.
     """
 
     @staticmethod
     def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity, solver_options,
-                split):
+                split, sparse_quadratic_grad):
         rows = range(unary.shape[0]) if split is None else split.owned(unary.shape[0])
         own = slice(rows.start, rows.stop)
         problem = None
@@ -71,6 +73,7 @@ class BlackboxMatching(torch.autograd.Function):
         ctx.lambda_val = float(lambda_val)
         ctx.loss_scale = loss_scale
         ctx.fidelity = bool(fidelity)
+        ctx.sparse_quadratic_grad = bool(sparse_quadratic_grad)
         ctx.edges = (edges_a, edges_b)  # for the quadratic gradient of every problem
         ctx.matching64 = _solve_shared(ctx, problem, unary.device)
         ctx.unary_meta = (unary.dtype, unary.device)
@@ -81,7 +84,7 @@ class BlackboxMatching(torch.autograd.Function):
     def backward(ctx, grad_matching):
         need_unary, need_quadratic = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_unary or need_quadratic):
-            return (None,) * 10
+            return (None,) * 11
         problem, matching = ctx.problem, ctx.matching64
         if ctx.fidelity:
             scale, denominator = 1.0, ctx.lambda_val + _FIDELITY_EPSILON
@@ -104,7 +107,9 @@ class BlackboxMatching(torch.autograd.Function):
             dtype, device = ctx.quadratic_meta
             factor = -1.0 / denominator * scale
             pairs = ctx.problem.pair_index() if ctx.split is None else edge_pair_index(*ctx.edges, *ctx.shape[1:])
-            if device.type == "cpu" and dtype in _NUMPY_FLOATS:
+            if ctx.sparse_quadratic_grad:
+                grad_quadratic = _sparse_pair_indicator_difference(pairs, matching, perturbed, factor, dtype).to(device)
+            elif device.type == "cpu" and dtype in _NUMPY_FLOATS:
                 grad_quadratic = torch.from_numpy(
                     _pair_indicator_difference(pairs, matching, perturbed, factor, _NUMPY_FLOATS[dtype])
                 )
@@ -112,7 +117,7 @@ class BlackboxMatching(torch.autograd.Function):
                 difference = _pair_indicator_difference(pairs, matching, perturbed, factor)
                 grad_quadratic = torch.from_numpy(difference).to(device=device, dtype=dtype)
         ctx.problem = ctx.matching64 = ctx.edges = None
-        return grad_unary, grad_quadratic, None, None, None, None, None, None, None, None
+        return grad_unary, grad_quadratic, None, None, None, None, None, None, None, None, None
 
 
 def _solve_shared(ctx, problem: GraphMatchingProblem | None, device: torch.device) -> Tensor:
@@ -142,6 +147,7 @@ def blackbox_matching(
     fidelity: bool = False,
     solver_options: dict[str, Any] | None = None,
     split: ProblemSplit | None = None,
+    sparse_quadratic_grad: bool = False,
 ) -> Tensor:
     """Differentiable (black-box) graph matching; shapes as :func:`solve_graph_matching`.
 
@@ -152,6 +158,10 @@ def blackbox_matching(
     ``"auto"`` without its search, as the MGA training step runs it). ``split``: every process of
     the split passes the same problems and solves only its block of them (:class:`ProblemSplit`),
     in forward and in backward; the costs of the other problems are not read.
+    ``sparse_quadratic_grad``: the quadratic costs' gradient as a sparse COO tensor (at most two
+    entries per A edge) instead of a dense ``[b, E1, E2]`` one, for a consumer that takes it (the
+    MGA's :func:`~exgramed_plugin.alignment.costs.edge_costs`; pass the costs batched, as a view's
+    backward takes no sparse gradient).
     """
     if not lambda_val > 0:
         raise ValueError(f"lambda_val must be > 0, got {lambda_val}")
@@ -160,5 +170,5 @@ def blackbox_matching(
     edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
     edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b
     matching = BlackboxMatching.apply(unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity,
-                                      dict(solver_options or {}), split)
+                                      dict(solver_options or {}), split, sparse_quadratic_grad)
     return matching[0] if unbatched else matching

@@ -89,6 +89,8 @@ class _EdgeCosts(torch.autograd.Function):
     def backward(ctx, grad_costs):
         feats_a, feats_b = ctx.saved_tensors
         dtype = ctx.affinity_dtype
+        if grad_costs.is_sparse:
+            return (*_sparse_feature_gradients(grad_costs, feats_a, feats_b, dtype), None, None, None)
         grad_a, grad_b = torch.empty_like(feats_a), torch.empty_like(feats_b)
         for p in range(feats_a.shape[0]):
             # dL/dT = -0.5 dL/dq; scaling by a power of two commutes with every rounding
@@ -96,6 +98,20 @@ class _EdgeCosts(torch.autograd.Function):
             grad_a[p] = (grad @ feats_b[p].to(dtype)).mul_(-0.5)
             grad_b[p] = (grad.T @ feats_a[p].to(dtype)).mul_(-0.5)
         return grad_a, grad_b, None, None, None
+
+
+def _sparse_feature_gradients(grad_costs: Tensor, feats_a: Tensor, feats_b: Tensor,
+                              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``-0.5 dL/dq @ feats_b`` and ``-0.5 dL/dq^T @ feats_a`` from the sparse cost gradient (a few
+    entries per edge, as the black-box backward gives it), without the dense ``[b, E1, E2]`` products."""
+    grad = grad_costs.coalesce()
+    problem, edge_a, edge_b = grad.indices().to(feats_a.device)
+    values = grad.values().to(device=feats_a.device, dtype=dtype)[:, None]
+    grad_a = torch.zeros(feats_a.shape, dtype=dtype, device=feats_a.device)
+    grad_a.index_put_((problem, edge_a), values * feats_b[problem, edge_b].to(dtype), accumulate=True)
+    grad_b = torch.zeros(feats_b.shape, dtype=dtype, device=feats_b.device)
+    grad_b.index_put_((problem, edge_b), values * feats_a[problem, edge_a].to(dtype), accumulate=True)
+    return grad_a.mul_(-0.5).to(feats_a.dtype), grad_b.mul_(-0.5).to(feats_b.dtype)
 
 
 def edge_costs(feats_a: Tensor, feats_b: Tensor, scale: float, generator: torch.Generator | None,

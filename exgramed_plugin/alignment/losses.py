@@ -248,6 +248,7 @@ class MultiGraphAlignment(nn.Module):
             loss_scale=loss_scale,
             fidelity=self.fidelity,
             split=split,
+            sparse_quadratic_grad=True,  # edge_costs takes it: no dense [6, E, E] gradient
         )
         terms = hamming_loss(matchings)  # [6]
         loss = terms.mean()  # = mean over modalities of (H(X -> bary) + H(bary -> X)) / 2

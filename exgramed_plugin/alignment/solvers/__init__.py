@@ -37,6 +37,7 @@ from .problem import (  # noqa: F401  (private names: used by blackbox.py, the t
     GraphMatchingProblem,
     _pair_indicator_difference,
     _quadratic_gradients,
+    _sparse_pair_indicator_difference,
     _to_assignment,
     _to_matrix,
     batched_inputs,

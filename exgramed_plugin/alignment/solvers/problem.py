@@ -227,18 +227,8 @@ def _pair_indicator_difference(
     four times (the black-box backward pass calls it every step). ``scale * 1`` is rounded to
     ``dtype`` once, as casting the float64 product would.
     """
-    b, n, m = pairs.b, pairs.n, pairs.m
-    e1, e2 = pairs.src_a.size // b if b else 0, pairs.canonical.shape[1]
-    ids = []
-    for matching in (first, second):
-        x = matching.numpy()
-        if n and m:
-            assignment = np.where(x.max(axis=2) > 0.5, x.argmax(axis=2), -1)
-        else:
-            assignment = np.full((b, n), -1, dtype=np.int64)
-        matched = assignment.reshape(-1) % (m + 1)
-        j, l = np.take(matched, pairs.src_a), np.take(matched, pairs.dst_a)
-        ids.append(np.take(pairs.pair_ids, j * (m + 1) + l + pairs.pair_base))  # -1: no B edge
+    b, e1, e2 = pairs.b, pairs.src_a.size // max(1, pairs.b), pairs.canonical.shape[1]
+    ids = [_partner_edges(pairs, matching) for matching in (first, second)]
     if pairs.duplicates:  # duplicate B edges: compare with every id
         hits = [pairs.canonical[:, None, :] == found.reshape(b, -1, 1) for found in ids]
         return (np.subtract(hits[0], hits[1], dtype=np.float64) * scale).astype(dtype, copy=False)
@@ -248,6 +238,37 @@ def _pair_indicator_difference(
     result[(rows + ids[0])[ids[0] >= 0]] = value
     result[(rows + ids[1])[ids[1] >= 0]] -= value
     return result.reshape(b, e1, e2)
+
+
+def _sparse_pair_indicator_difference(pairs: _PairIndex, first: Tensor, second: Tensor, scale: float,
+                                      dtype: torch.dtype) -> Tensor:
+    """:func:`_pair_indicator_difference` as a sparse COO tensor (at most two entries per A edge): the
+    dense ``[b, E1, E2]`` one is the size of the quadratic costs, mostly zeros."""
+    b, e1, e2 = pairs.b, pairs.src_a.size // max(1, pairs.b), pairs.canonical.shape[1]
+    if pairs.duplicates:
+        dense = _pair_indicator_difference(pairs, first, second, scale, np.float64)
+        return torch.from_numpy(dense).to(dtype).to_sparse()
+    value = torch.tensor(scale, dtype=torch.float64).to(dtype)
+    indices, values = [], []
+    for ids, sign in zip((_partner_edges(pairs, first), _partner_edges(pairs, second)), (1.0, -1.0)):
+        rows = np.flatnonzero(ids >= 0)
+        indices.append(np.stack([rows // e1, rows % e1, ids[rows]]))
+        values.append(torch.full((len(rows),), sign, dtype=dtype) * value)
+    index = torch.from_numpy(np.concatenate(indices, axis=1))
+    return torch.sparse_coo_tensor(index, torch.cat(values), (b, e1, e2), check_invariants=False).coalesce()
+
+
+def _partner_edges(pairs: _PairIndex, matching: Tensor) -> np.ndarray:
+    """``[b * E1]``: the canonical id of the B edge joining the partners of each A edge's ends, -1 if none."""
+    b, n, m = pairs.b, pairs.n, pairs.m
+    x = matching.numpy()
+    if n and m:
+        assignment = np.where(x.max(axis=2) > 0.5, x.argmax(axis=2), -1)
+    else:
+        assignment = np.full((b, n), -1, dtype=np.int64)
+    matched = assignment.reshape(-1) % (m + 1)
+    j, l = np.take(matched, pairs.src_a), np.take(matched, pairs.dst_a)
+    return np.take(pairs.pair_ids, j * (m + 1) + l + pairs.pair_base)
 
 
 def matching_objective(matching: Tensor, unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> Tensor:
