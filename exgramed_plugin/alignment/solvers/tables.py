@@ -217,6 +217,14 @@ def _gradients(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
     work is ``E1 x max degree`` instead of ``E1 x E2``.
     """
     b, n, m = tables.b, tables.n, tables.m
+    target, values = _gradient_entries(tables, assignment)
+    gradients = np.bincount(target, values, minlength=b * 2 * n * m)
+    return gradients.astype(np.float64, copy=False).reshape(b, 2, n * m)  # bincount of nothing is int
+
+
+def _gradient_entries(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_gradients` before it is summed: flat ``[b, 2, n * m]`` positions and the costs added there."""
+    m = tables.m
     matched = assignment.reshape(-1) % (m + 1)  # -1 -> m: list m is empty
     lists = np.take(matched, tables.pivot)
     lists += tables.shift
@@ -228,8 +236,25 @@ def _gradients(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
     edges += np.repeat(tables.value_base, length)
     target = np.take(tables.list_columns, position)
     target += np.repeat(tables.row_base, length)
-    gradients = np.bincount(target, np.take(tables.quadratic, edges), minlength=b * 2 * n * m)
-    return gradients.astype(np.float64, copy=False).reshape(b, 2, n * m)  # bincount of nothing is int
+    return target, np.take(tables.quadratic, edges)
+
+
+def _bilinear(tables: _Tables, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``<G1(columns), rows>`` ``[b]`` for discrete assignments ``[b, n]``: ``sum_a q[a, B edge r(src_a) -> c(dst_a)]``.
+
+    ``quad(x) = <G1(x), x>`` is the bilinear form on the diagonal; IPFP's line search needs it between
+    the matchings its iterate combines, one lookup per A edge instead of a pass over ``[n, m]``.
+    """
+    b, m = tables.b, tables.m
+    half = tables.src_a.size
+    if not (half and tables.pair_values.size):  # no edge pairs
+        return np.zeros(b)
+    j = np.take(rows.reshape(-1) % (m + 1), tables.src_a)
+    l = np.take(columns.reshape(-1) % (m + 1), tables.dst_a)
+    ids = np.take(tables.pair_ids, j * (m + 1) + l + tables.pair_base[:half])
+    values = np.take(tables.pair_values, ids + tables.pair_value_base[:half])  # id -1 reads a wrong entry ...
+    values = np.where(ids < 0, 0.0, values)  # ... which is cleared here
+    return np.bincount(np.arange(half) // (half // b), values, minlength=b).astype(np.float64, copy=False)
 
 
 def _objective_values(tables: _Tables, unary: np.ndarray, assignment: np.ndarray) -> np.ndarray:
