@@ -133,6 +133,11 @@ def _float64_cpu(tensor: Tensor) -> Tensor:
     return tensor.to(device=_CPU, dtype=_DTYPE)
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """No NaN or infinity, without a boolean array the size of the costs (min and max propagate NaN)."""
+    return not values.size or bool(np.isfinite(values.min()) and np.isfinite(values.max()))
+
+
 def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: Tensor) -> GraphMatchingProblem:
     """Validate and bring to the CPU (the inputs are never modified); fold self loops.
 
@@ -156,7 +161,7 @@ def prepare_problem(unary: Tensor, quadratic: Tensor, edges_a: Tensor, edges_b: 
     if e2 and (b_nodes.min() < 0 or b_nodes.max() >= m):
         raise ValueError("edges_b holds node indices outside [0, m)")
     unary64, quadratic_cpu = _float64_cpu(unary), _exact_cpu(quadratic)
-    if not np.isfinite(unary64.numpy()).all() or not np.isfinite(quadratic_cpu.numpy()).all():
+    if not (_all_finite(unary64.numpy()) and _all_finite(quadratic_cpu.numpy())):
         raise ValueError("graph matching costs contain NaN or infinity")
     src_a, dst_a = edges_a[:, 0].contiguous(), edges_a[:, 1].contiguous()
     src_b, dst_b = edges_b[:, 0].contiguous(), edges_b[:, 1].contiguous()

@@ -50,6 +50,8 @@ class _Tables:
     pair_ids: np.ndarray  # [b * (m+1)^2], -1: no such B edge
     pair_values: np.ndarray  # [b * E1 * E2]
     canonical: np.ndarray  # [b, E2] canonical id of each B edge (itself unless duplicated)
+    reverse_a: np.ndarray  # [b * E1] id inside its problem of the A edge dst -> src, -1 if none
+    simple_a: bool  # A has no duplicate edges and no self loops (a kNN graph): see :func:`_pair_terms`
 
     def take(self, index: np.ndarray) -> _Tables:
         """Tables of the problems at ``index`` (repeats allowed) that share this batch's cost arrays.
@@ -93,6 +95,8 @@ class _Tables:
             pair_ids=blocks(self.pair_ids, (m + 1) ** 2),
             pair_values=self.pair_values,
             canonical=self.canonical[index],
+            reverse_a=blocks(self.reverse_a, e1),
+            simple_a=self.simple_a,
         )
 
     def pair_index(self) -> _PairIndex:
@@ -146,7 +150,21 @@ class _Tables:
             pair_ids=pairs.pair_ids,
             pair_values=coalesced,
             canonical=pairs.canonical,
+            **_reverse_edges(src_a, dst_a, n),
         )
+
+
+def _reverse_edges(src_a: np.ndarray, dst_a: np.ndarray, n: int) -> dict:
+    """``reverse_a`` and ``simple_a`` of :class:`_Tables` from A's edge ends ``[b, E1]``."""
+    b, e1 = src_a.shape
+    key = (src_a * n + dst_a + n * n * np.arange(b)[:, None]).reshape(-1)
+    order = np.argsort(key, kind="stable")
+    simple = bool((src_a != dst_a).all()) and bool((np.diff(key[order]) != 0).all())
+    wanted = (dst_a * n + src_a + n * n * np.arange(b)[:, None]).reshape(-1)
+    found = np.minimum(np.searchsorted(key[order], wanted), max(0, key.size - 1))
+    hit = key[order][found] == wanted if key.size else np.zeros(0, dtype=bool)
+    reverse = np.where(hit, order[found] % max(1, e1), -1)
+    return {"reverse_a": reverse, "simple_a": simple}
 
 
 @dataclass(frozen=True)
@@ -264,6 +282,37 @@ def _objective_values(tables: _Tables, unary: np.ndarray, assignment: np.ndarray
     entries = rows * m + assignment.reshape(-1)[rows]  # flat [b, n, m] index of each matched pair
     values = unary.reshape(-1)[entries] + _gradients(tables, assignment)[:, 0].reshape(-1)[entries]
     return np.bincount(rows // n, values, minlength=b).astype(np.float64, copy=False)
+
+
+def _pair_terms(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The nonzero entries of :func:`_pair_coefficients`' matrices, equal to them bit for bit, when A is simple.
+
+    Returns ``(problem, i, k, same, both)`` over the positions ``(i, k)`` of A's edges and of the
+    reverses that are not edges themselves: everywhere else both matrices are zero. Each entry is
+    summed in the dense code's order, ``same = h[i, k] + h[k, i]``, ``both = (same + c[i, k]) + c[k, i]``.
+    """
+    b, n, m = tables.b, tables.n, tables.m
+    half = tables.src_a.size
+    e1 = half // max(1, b)
+    if not (half and tables.pair_values.size):
+        return tuple(np.zeros(0, dtype=dtype) for dtype in (np.int64, np.int64, np.int64, np.float64, np.float64))
+    matched = assignment.reshape(-1) % (m + 1)
+    j, l = np.take(matched, tables.src_a), np.take(matched, tables.dst_a)
+    ids = np.take(tables.pair_ids, np.concatenate([j * (m + 1) + l, l * (m + 1) + j]) + tables.pair_base)
+    values = np.take(tables.pair_values, ids + tables.pair_value_base).astype(np.float64)
+    values[ids < 0] = 0.0
+    along, crossed = values[:half], values[half:]  # h[i, k] and c[i, k] of A edge i -> k
+    problem = np.arange(half) // e1
+    has_reverse = tables.reverse_a >= 0
+    reverse = np.where(has_reverse, tables.reverse_a + problem * e1, 0)
+    same = along + np.where(has_reverse, along[reverse], 0.0)
+    both = same + crossed
+    both += np.where(has_reverse, crossed[reverse], 0.0)
+    lonely = ~has_reverse  # position (k, i): h[k, i] = c[k, i] = 0
+    rows, columns = tables.src_a - problem * n, tables.dst_a - problem * n
+    return (np.concatenate([problem, problem[lonely]]), np.concatenate([rows, columns[lonely]]),
+            np.concatenate([columns, rows[lonely]]), np.concatenate([same, along[lonely]]),
+            np.concatenate([both, along[lonely] + crossed[lonely]]))
 
 
 def _pair_coefficients(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
