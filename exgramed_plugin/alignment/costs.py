@@ -74,15 +74,19 @@ class _EdgeCosts(torch.autograd.Function):
         e2 = feats_b.shape[1]
         costs = torch.empty(b, e1, e2, dtype=torch.float32, device=_CPU)
         noise = _NoiseStream(generator, scale)
+        dtype = _affinity_dtype(feats_a)
+        in_place = dtype == torch.float32 and feats_a.device == _CPU  # T written straight into the costs
         for p in range(b):
             if p not in solved:
                 noise.skip(e1 * e2)
                 continue
-            affinity = feats_a[p] @ feats_b[p].T  # T, in the dtype autocast gives it
-            costs[p].copy_(affinity.mul_(-0.5).add_(0.25))
+            if in_place:
+                torch.matmul(feats_a[p], feats_b[p].T, out=costs[p]).mul_(-0.5).add_(0.25)
+            else:  # T in the dtype autocast gives it, or on the features' device
+                costs[p].copy_((feats_a[p] @ feats_b[p].T).mul_(-0.5).add_(0.25))
             noise.subtract_half(costs[p])
         ctx.save_for_backward(feats_a, feats_b)
-        ctx.affinity_dtype = _affinity_dtype(feats_a)
+        ctx.affinity_dtype = dtype
         return costs
 
     @staticmethod
