@@ -17,6 +17,7 @@ from typing import Any
 
 from swift.arguments.base_args.base_args import BaseArguments
 
+from ..alignment.step_cost import global_graph_warning
 from ..modeling.weight_files import checkpoint_model_type
 from ..settings import LOSS_TYPE, MGASettings, PluginSettings, SettingsError, parse_settings, use_settings, \
     with_saved_mga
@@ -86,6 +87,7 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
     """Start-up checks and adjustments of a swift run that uses the plugin.
 
     * training with MGA on and no step able to hold a graph of >= 2 samples is refused;
+    * a global graph above 512 nodes gets a warning with its estimated CPU time per step;
     * ``--strict`` is turned on for training: a row that fails to encode stops the run instead of
       being replaced by a random row;
     * ``--check_model`` is turned off for local exgra_med / LLaVA-Med checkpoints: it asks the
@@ -121,6 +123,8 @@ def _check_graph_size(args: Any, settings: PluginSettings) -> None:
             f"--loss_type {LOSS_TYPE}: a graph needs >= 2 samples per step, but --per_device_train_batch_size "
             f"is {per_device} on {world_size} process(es){' (global graph)' if settings.mga.global_graph else ''}; "
             f"raise --per_device_train_batch_size to >= 2{hint} (every step would have align_loss 0)")
+    if settings.mga.global_graph and (warning := global_graph_warning(per_device, world_size)):
+        logger.warning("exgramed: %s", warning)
 
 
 def capture_swift_arguments() -> None:

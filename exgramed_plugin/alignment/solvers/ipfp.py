@@ -21,11 +21,12 @@ def _summed_gradient(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
 
 
 def _at(values: np.ndarray, assignment: np.ndarray) -> np.ndarray:
-    """``<values, onehot(assignment)>`` ``[b]`` for ``values`` ``[b, n * m]`` (unassigned rows add 0)."""
-    b, n = assignment.shape
+    """``<values, onehot(assignment)>`` ``[..., b]`` for ``values`` ``[b, n * m]`` and assignments
+    ``[..., b, n]`` (unassigned rows add 0)."""
+    b, n = assignment.shape[-2:]
     m = values.shape[1] // max(1, n)
-    picked = np.take_along_axis(values, np.arange(n) * m + np.maximum(assignment, 0), axis=1)
-    return np.where(assignment >= 0, picked, 0.0).sum(axis=1)
+    picked = values[np.arange(b)[:, None], np.arange(n) * m + np.maximum(assignment, 0)]
+    return np.where(assignment >= 0, picked, 0.0).sum(axis=-1)
 
 
 def solve_ipfp(
@@ -73,7 +74,9 @@ def _iterate(tables: _Tables, flat_unary: np.ndarray, start: np.ndarray, best_as
     """
     b, n, m = tables.b, tables.n, tables.m
     tolerance = 1e-9 * (1.0 + np.abs(flat_unary).max(axis=1))
-    points, weights = [start.copy()], np.ones((b, 1))
+    points = np.empty((max_iter + 1, b, n), dtype=np.int64)  # the first ``len(weights[0])`` are in use
+    points[0] = start
+    weights = np.ones((b, 1))
     pair = _bilinear(tables, start, start)[:, None, None]
     summed = _summed_gradient(tables, start)  # G1 + G2 at x
     candidate = start.copy()
@@ -82,17 +85,16 @@ def _iterate(tables: _Tables, flat_unary: np.ndarray, start: np.ndarray, best_as
     for _ in range(max_iter):
         gradient = flat_unary + summed
         _lap_into(gradient.reshape(b, n, m), candidate, active)
-        # <G1(candidate), points[k]> and <G1(points[k]), candidate>: [b, K] each
-        into = np.stack([_bilinear(tables, point, candidate) for point in points], axis=1)
-        out_of = np.stack([_bilinear(tables, candidate, point) for point in points], axis=1)
+        used = points[:weights.shape[1]]
+        into = _bilinear(tables, used, candidate).T  # [b, K] <G1(candidate), points[k]>
+        out_of = _bilinear(tables, candidate, used).T  # [b, K] <G1(points[k]), candidate>
         own = _bilinear(tables, candidate, candidate)
         value = _at(flat_unary, candidate) + own
         better = value < best_value - tolerance
         np.copyto(best_value, value, where=better)
         np.copyto(best_assignment, candidate, where=better[:, None])
         stale = np.where(better, 0, stale + 1)
-        at_points = np.stack([_at(gradient, point) for point in points], axis=1)
-        slope = _at(gradient, candidate) - (weights * at_points).sum(axis=1)  # <gradient, b - x>
+        slope = _at(gradient, candidate) - (weights * _at(gradient, used).T).sum(axis=1)  # <gradient, b - x>
         descending = (slope < -tolerance) & (stale < patience)
         if not descending.any():
             break
@@ -109,5 +111,5 @@ def _iterate(tables: _Tables, flat_unary: np.ndarray, start: np.ndarray, best_as
         weights = np.concatenate([weights * (1.0 - step[:, None]), step[:, None]], axis=1)
         pair = np.concatenate([np.concatenate([pair, into[:, :, None]], axis=2),
                                np.concatenate([out_of, own[:, None]], axis=1)[:, None, :]], axis=1)
-        points.append(candidate.copy())
+        points[weights.shape[1] - 1] = candidate
     return best_value

@@ -258,21 +258,27 @@ def _gradient_entries(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarr
 
 
 def _bilinear(tables: _Tables, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """``<G1(columns), rows>`` ``[b]`` for discrete assignments ``[b, n]``: ``sum_a q[a, B edge r(src_a) -> c(dst_a)]``.
+    """``<G1(columns), rows>`` ``[..., b]`` for discrete assignments ``[..., b, n]`` (broadcast):
+    ``sum_a q[a, B edge r(src_a) -> c(dst_a)]``.
 
     ``quad(x) = <G1(x), x>`` is the bilinear form on the diagonal; IPFP's line search needs it between
     the matchings its iterate combines, one lookup per A edge instead of a pass over ``[n, m]``.
     """
     b, m = tables.b, tables.m
+    rows, columns = np.broadcast_arrays(rows, columns)
+    lead = rows.shape[:-2]
+    count = int(np.prod(lead, dtype=np.int64))
     half = tables.src_a.size
     if not (half and tables.pair_values.size):  # no edge pairs
-        return np.zeros(b)
-    j = np.take(rows.reshape(-1) % (m + 1), tables.src_a)
-    l = np.take(columns.reshape(-1) % (m + 1), tables.dst_a)
+        return np.zeros((*lead, b))
+    j = np.take(rows.reshape(count, -1) % (m + 1), tables.src_a, axis=1)
+    l = np.take(columns.reshape(count, -1) % (m + 1), tables.dst_a, axis=1)
     ids = np.take(tables.pair_ids, j * (m + 1) + l + tables.pair_base[:half])
     values = np.take(tables.pair_values, ids + tables.pair_value_base[:half])  # id -1 reads a wrong entry ...
     values = np.where(ids < 0, 0.0, values)  # ... which is cleared here
-    return np.bincount(np.arange(half) // (half // b), values, minlength=b).astype(np.float64, copy=False)
+    bins = np.arange(count)[:, None] * b + np.arange(half) // (half // b)  # (pair, problem), edges in order
+    sums = np.bincount(bins.reshape(-1), values.reshape(-1), minlength=count * b)
+    return sums.astype(np.float64, copy=False).reshape(*lead, b)
 
 
 def _objective_values(tables: _Tables, unary: np.ndarray, assignment: np.ndarray) -> np.ndarray:
