@@ -10,6 +10,8 @@ folder of commit ``--old`` (``git archive`` into a temporary folder). Every meas
 process with one thread (its peak memory is its own), old and new interleaved (old, new, new, old,
 ...); each builds the module and the nodes from the same seeds, runs one warm-up step and one timed
 step, and saves its matchings, loss and gradients, which the table compares between old and new.
+Times are medians over ``--repeats`` processes, wall and CPU (CPU time shows a process's own work
+when other jobs share the machine).
 ``--split W``: the new code again, W processes over gloo, each solving its block of the six
 problems (the time of rank 0; on a machine with fewer than W free cores the processes share them).
 """
@@ -45,17 +47,18 @@ def _step_inputs(nodes: int):
     return mga, features
 
 
-def _timed_step(mga, features, seed: int, **kwargs) -> tuple[float, dict]:
+def _timed_step(mga, features, seed: int, **kwargs) -> tuple[dict, dict]:
+    """Wall and CPU seconds of one step (CPU time shows a process's own work on a shared machine)."""
     import torch
     mga.zero_grad(set_to_none=True)
     for z in features:
         z.grad = None
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = mga(*features, generator=torch.Generator().manual_seed(seed), **kwargs)
     out.loss.backward()
-    seconds = time.perf_counter() - start
-    return seconds, {"matchings": out.matchings, "loss": out.loss.detach(),
-                     "grads": [z.grad for z in features] + [p.grad for p in mga.parameters()]}
+    times = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu}
+    return times, {"matchings": out.matchings, "loss": out.loss.detach(),
+                   "grads": [z.grad for z in features] + [p.grad for p in mga.parameters()]}
 
 
 def run_one(nodes: int, out: str) -> None:
@@ -64,9 +67,9 @@ def run_one(nodes: int, out: str) -> None:
     torch.set_num_threads(1)
     mga, features = _step_inputs(nodes)
     _timed_step(mga, features, seed=100)
-    seconds, result = _timed_step(mga, features, seed=1)
+    times, result = _timed_step(mga, features, seed=1)
     torch.save(result, out)
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({**times, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def _split_worker(rank: int, world: int, port: int, nodes: int, out: str) -> None:
@@ -80,10 +83,10 @@ def _split_worker(rank: int, world: int, port: int, nodes: int, out: str) -> Non
     split = ProblemSplit.over_processes()
     _timed_step(mga, features, seed=100, split=split)
     dist.barrier()
-    seconds, result = _timed_step(mga, features, seed=1, split=split)
+    times, result = _timed_step(mga, features, seed=1, split=split)
     if rank == 0:
         torch.save(result, out)
-        Path(out + ".json").write_text(json.dumps({"seconds": seconds}))
+        Path(out + ".json").write_text(json.dumps(times))
     dist.destroy_process_group()
 
 
@@ -125,6 +128,10 @@ def _compare(old_path: Path, new_path: Path) -> tuple[bool, float]:
     return same, worst
 
 
+def _listed(runs: list[dict]) -> str:
+    return ", ".join(f"{run['seconds']:.2f}" for run in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
@@ -141,27 +148,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         old_tree = _extract(args.old, Path(scratch) / "old")
         trees = {"old": old_tree, "new": ROOT}
-        split_header = f" split over {args.split} (s) |" if args.split else ""
-        print(f"| nodes | {args.old} (s) | this tree (s) | old / new | peak RSS old / new (MiB) | same matchings "
-              f"and loss | largest gradient difference |{split_header}")
-        print("|" + "---|" * (8 if args.split else 7), flush=True)
+        split_header = f" split over {args.split}: rank 0 wall / CPU s |" if args.split else ""
+        print(f"| nodes | {args.old} wall s (runs) | this tree wall s (runs) | old / new wall | CPU s old / new | "
+              f"peak RSS old / new (MiB) | same matchings and loss | largest gradient difference |{split_header}")
+        print("|" + "---|" * (9 if args.split else 8), flush=True)
         for nodes in args.sizes:
-            times = {"old": [], "new": []}
+            runs = {"old": [], "new": []}
             peaks = {"old": 0.0, "new": 0.0}
             for repeat in range(args.repeats):
                 for name in (("old", "new") if repeat % 2 == 0 else ("new", "old")):
                     result = _measure(trees[name], nodes, Path(scratch) / f"{name}.pt")
-                    times[name].append(result["seconds"])
+                    runs[name].append(result)
                     peaks[name] = max(peaks[name], result["peak_rss_mib"])
             same, worst = _compare(Path(scratch) / "old.pt", Path(scratch) / "new.pt")
-            old_s, new_s = statistics.median(times["old"]), statistics.median(times["new"])
-            row = (f"| {nodes} | {old_s:.2f} ({', '.join(f'{t:.2f}' for t in times['old'])}) | {new_s:.2f} "
-                   f"({', '.join(f'{t:.2f}' for t in times['new'])}) | {old_s / new_s:.2f}x | {peaks['old']:.0f} / "
+            wall = {name: statistics.median(r["seconds"] for r in runs[name]) for name in runs}
+            cpu = {name: statistics.median(r["cpu_seconds"] for r in runs[name]) for name in runs}
+            row = (f"| {nodes} | {wall['old']:.2f} ({_listed(runs['old'])}) | {wall['new']:.2f} ({_listed(runs['new'])}) | "
+                   f"{wall['old'] / wall['new']:.2f}x | {cpu['old']:.2f} / {cpu['new']:.2f} | {peaks['old']:.0f} / "
                    f"{peaks['new']:.0f} | {'yes' if same else 'NO'} | {worst:.1e} |")
             if args.split:
                 split = _measure(ROOT, nodes, Path(scratch) / "split.pt", split=args.split)
                 split_same, _ = _compare(Path(scratch) / "new.pt", Path(scratch) / "split.pt")
-                row += f" {split['seconds']:.2f} ({'same' if split_same else 'DIFFERENT'}) |"
+                row += (f" {split['seconds']:.2f} / {split['cpu_seconds']:.2f} "
+                        f"({'same result' if split_same else 'DIFFERENT'}) |")
             print(row, flush=True)
 
 
