@@ -49,7 +49,7 @@ class _NoiseStream:
         for start in range(0, flat.numel(), NOISE_CHUNK):
             part = flat[start:start + NOISE_CHUNK]
             noise = _gumbel_from_uniform_(self.buffer[:part.numel()].uniform_(generator=self.generator), self.scale)
-            part.sub_(noise.to(device=part.device, dtype=torch.float32).mul_(0.5))
+            part.sub_(noise.to(device=part.device, dtype=torch.float32), alpha=0.5)  # 0.5 H: exact
 
     def skip(self, count: int) -> None:
         """Draw and drop ``count`` values: another process perturbs those costs (there is no skip-ahead)."""

@@ -12,11 +12,17 @@ from .problem import GraphMatchingProblem, _unary_array
 from .tables import _bilinear, _gradient_entries, _gradients, _Tables
 
 
+def _summed_gradient_entries(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``G1 + G2`` at a discrete matching as flat ``[b, n * m]`` positions and the costs added there."""
+    n, m = tables.n, tables.m
+    target, values = _gradient_entries(tables, assignment)
+    return target % (n * m) + (target // (2 * n * m)) * (n * m), values  # [b, 2, n m] -> [b, n m]
+
+
 def _summed_gradient(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
     """``G1 + G2`` ``[b, n * m]`` at a discrete matching (see :func:`_gradients`)."""
     b, n, m = tables.b, tables.n, tables.m
-    target, values = _gradient_entries(tables, assignment)
-    position = target % (n * m) + (target // (2 * n * m)) * (n * m)  # [b, 2, n m] -> [b, n m]
+    position, values = _summed_gradient_entries(tables, assignment)
     return np.bincount(position, values, minlength=b * n * m).astype(np.float64, copy=False).reshape(b, n * m)
 
 
@@ -104,10 +110,10 @@ def _iterate(tables: _Tables, flat_unary: np.ndarray, start: np.ndarray, best_as
         curvature += np.einsum("pk,pkl,pl->p", weights, pair, weights)
         step = np.where(curvature > 0, np.minimum(-slope / (2 * np.maximum(curvature, 1e-300)), 1.0), 1.0)
         step[~descending] = 0.0
-        change = _summed_gradient(tables, candidate)
-        change -= summed
-        change *= step[:, None]
-        summed += change
+        # G(x + t (b - x)) = (1 - t) G(x) + t G(b), G(b) sparse
+        summed *= (1.0 - step)[:, None]
+        position, values = _summed_gradient_entries(tables, candidate)
+        np.add.at(summed.reshape(-1), position, values * step[position // (n * m)])
         weights = np.concatenate([weights * (1.0 - step[:, None]), step[:, None]], axis=1)
         pair = np.concatenate([np.concatenate([pair, into[:, :, None]], axis=2),
                                np.concatenate([out_of, own[:, None]], axis=1)[:, None, :]], axis=1)
