@@ -2,6 +2,7 @@
 one process solving all six (2 processes over gloo)."""
 
 import socket
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -49,6 +50,35 @@ def _worker(rank, port, out_dir):
     result = _step(ProblemSplit.over_processes())
     torch.save({**result, "solved_batches": solved_batches}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class _AnswersFromOthers(ProblemSplit):
+    """A process that owns no problem (rank 6 of 7): every answer arrives from the others, here from a
+    recording of one process solving all six."""
+
+    arriving: list = field(default_factory=list)
+
+    def share(self, owned_matching, batch, device):
+        assert owned_matching.shape[0] == 0
+        return self.arriving.pop(0)
+
+
+def test_a_process_without_problems_gets_the_loss_and_gradients_of_the_batch(monkeypatch):
+    recorded = []
+    solve = blackbox.solve_prepared
+
+    def recording_solve(problem, *args, **kwargs):
+        recorded.append(solve(problem, *args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(blackbox, "solve_prepared", recording_solve)
+    alone = _step(None)
+    monkeypatch.setattr(blackbox, "solve_prepared", solve)
+    idle = _step(_AnswersFromOthers(rank=6, world=7, arriving=list(recorded)))
+    assert len(recorded) == 2 and torch.equal(idle["loss"], alone["loss"])
+    for found, expected in zip(idle["grads"], alone["grads"]):
+        assert torch.equal(found, expected)
 
 
 @pytest.mark.distributed
