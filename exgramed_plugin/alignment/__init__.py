@@ -4,12 +4,12 @@ never imports swift or transformers.
 """
 
 from .blackbox import BlackboxMatching, blackbox_matching
+from .costs import edge_costs, gumbel_noise
 from .graphs import GraphConv, NodeFeatureGNN, edge_features, knn_graph
 from .losses import (
     PROBLEM_NAMES,
     MultiGraphAlignment,
     MultiGraphAlignmentOutput,
-    gumbel_noise,
     hamming_loss,
 )
 from .solvers import (
@@ -23,10 +23,12 @@ from .solvers import (
     solve_graph_matching,
     solve_prepared,
 )
+from .split import ProblemSplit
 
 __all__ = [
     "BlackboxMatching",
     "blackbox_matching",
+    "edge_costs",
     "GraphConv",
     "NodeFeatureGNN",
     "edge_features",
@@ -45,4 +47,5 @@ __all__ = [
     "register_solver",
     "solve_graph_matching",
     "solve_prepared",
+    "ProblemSplit",
 ]

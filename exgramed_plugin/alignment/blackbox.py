@@ -22,7 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .solvers import DEFAULT_SOLVER, _pair_indicator_difference, batched_inputs, prepare_problem, solve_prepared
+from .solvers import (
+    DEFAULT_SOLVER,
+    GraphMatchingProblem,
+    _pair_indicator_difference,
+    _sparse_pair_indicator_difference,
+    batched_inputs,
+    edge_pair_index,
+    prepare_problem,
+    solve_prepared,
+)
+from .split import ProblemSplit
 
 __all__ = ["BlackboxMatching", "blackbox_matching", "LossScale"]
 
@@ -45,40 +55,50 @@ class BlackboxMatching(torch.autograd.Function):
     """``matching = solver(unary, quadratic)`` with the λ-perturbation backward (see module doc).
 
     ``apply(unary [b,n,m], quadratic [b,E1,E2], edges_a [b,2,E1], edges_b [b,2,E2], solver,
-    lambda_val, loss_scale, fidelity, solver_options)``; prefer :func:`blackbox_matching`.
+    lambda_val, loss_scale, fidelity, solver_options, split, sparse_quadratic_grad)``; prefer
+    :func:`blackbox_matching`.
     """
 
     @staticmethod
-    def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity, solver_options):
-        problem = prepare_problem(unary, quadratic, edges_a, edges_b)
-        matching64 = solve_prepared(problem, solver, **solver_options)
+    def forward(ctx, unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity, solver_options,
+                split, sparse_quadratic_grad):
+        rows = range(unary.shape[0]) if split is None else split.owned(unary.shape[0])
+        own = slice(rows.start, rows.stop)
+        problem = None
+        if split is None or len(rows):
+            problem = prepare_problem(unary[own], quadratic[own], edges_a[own], edges_b[own])
         ctx.problem = problem  # reused by the backward solve: same graphs and quadratic costs
+        ctx.own, ctx.split, ctx.shape = own, split, tuple(unary.shape)
         ctx.solver, ctx.solver_options = solver, solver_options
         ctx.lambda_val = float(lambda_val)
         ctx.loss_scale = loss_scale
         ctx.fidelity = bool(fidelity)
-        ctx.matching64 = matching64
+        ctx.sparse_quadratic_grad = bool(sparse_quadratic_grad)
+        ctx.edges = (edges_a, edges_b)  # for the quadratic gradient of every problem
+        ctx.matching64 = _solve_shared(ctx, problem, unary.device)
         ctx.unary_meta = (unary.dtype, unary.device)
         ctx.quadratic_meta = (quadratic.dtype, quadratic.device)
-        return matching64.to(device=unary.device, dtype=unary.dtype)
+        return ctx.matching64.to(device=unary.device, dtype=unary.dtype)
 
     @staticmethod
     def backward(ctx, grad_matching):
         need_unary, need_quadratic = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_unary or need_quadratic):
-            return (None,) * 9
+            return (None,) * 11
         problem, matching = ctx.problem, ctx.matching64
         if ctx.fidelity:
             scale, denominator = 1.0, ctx.lambda_val + _FIDELITY_EPSILON
         else:
             scale, denominator = _resolve_loss_scale(ctx.loss_scale), ctx.lambda_val
         grad = grad_matching.detach().to(device="cpu", dtype=torch.float64) / scale
-        if bool((grad == 0).all()):
+        if bool((grad == 0).all()):  # the same on every process of a split: they all hold the same loss
             perturbed = matching  # the solver is deterministic: same costs, same solution
         else:
-            # problem.unary holds c (plus folded self-loop costs, which with_unary re-adds)
-            base = problem.unary if problem.loop_unary is None else problem.unary - problem.loop_unary
-            perturbed = solve_prepared(problem.with_unary(base + ctx.lambda_val * grad), ctx.solver, **ctx.solver_options)
+            if problem is not None:
+                # problem.unary holds c (plus folded self-loop costs, which with_unary re-adds)
+                base = problem.unary if problem.loop_unary is None else problem.unary - problem.loop_unary
+                problem = problem.with_unary(base + ctx.lambda_val * grad[ctx.own])
+            perturbed = _solve_shared(ctx, problem, ctx.unary_meta[1])
         grad_unary = grad_quadratic = None
         if need_unary:
             grad_unary = (-(matching - perturbed) / denominator * scale).to(*_flip(ctx.unary_meta))
@@ -86,15 +106,29 @@ class BlackboxMatching(torch.autograd.Function):
             # y(x) - y(x') in {-1, 0, 1}: scaling it equals -(y - y') / denominator * scale
             dtype, device = ctx.quadratic_meta
             factor = -1.0 / denominator * scale
-            if device.type == "cpu" and dtype in _NUMPY_FLOATS:
+            pairs = ctx.problem.pair_index() if ctx.split is None else edge_pair_index(*ctx.edges, *ctx.shape[1:])
+            if ctx.sparse_quadratic_grad:
+                grad_quadratic = _sparse_pair_indicator_difference(pairs, matching, perturbed, factor, dtype).to(device)
+            elif device.type == "cpu" and dtype in _NUMPY_FLOATS:
                 grad_quadratic = torch.from_numpy(
-                    _pair_indicator_difference(problem, matching, perturbed, factor, _NUMPY_FLOATS[dtype])
+                    _pair_indicator_difference(pairs, matching, perturbed, factor, _NUMPY_FLOATS[dtype])
                 )
             else:
-                pairs = _pair_indicator_difference(problem, matching, perturbed, factor)
-                grad_quadratic = torch.from_numpy(pairs).to(device=device, dtype=dtype)
-        ctx.problem = ctx.matching64 = None
-        return grad_unary, grad_quadratic, None, None, None, None, None, None, None
+                difference = _pair_indicator_difference(pairs, matching, perturbed, factor)
+                grad_quadratic = torch.from_numpy(difference).to(device=device, dtype=dtype)
+        ctx.problem = ctx.matching64 = ctx.edges = None
+        return grad_unary, grad_quadratic, None, None, None, None, None, None, None, None, None
+
+
+def _solve_shared(ctx, problem: GraphMatchingProblem | None, device: torch.device) -> Tensor:
+    """The matchings ``[b, n, m]`` (float64, CPU) of every problem: this process's solved, the others'
+    received when the batch is split (``problem`` None: this process solves none of them)."""
+    b, n, m = ctx.shape
+    if problem is None:
+        owned = torch.zeros(0, n, m, dtype=torch.float64)
+    else:
+        owned = solve_prepared(problem, ctx.solver, **ctx.solver_options)
+    return owned if ctx.split is None else ctx.split.share(owned, b, device)
 
 
 def _flip(meta: tuple[torch.dtype, torch.device]) -> tuple[torch.device, torch.dtype]:
@@ -112,6 +146,8 @@ def blackbox_matching(
     loss_scale: LossScale = None,
     fidelity: bool = False,
     solver_options: dict[str, Any] | None = None,
+    split: ProblemSplit | None = None,
+    sparse_quadratic_grad: bool = False,
 ) -> Tensor:
     """Differentiable (black-box) graph matching; shapes as :func:`solve_graph_matching`.
 
@@ -119,7 +155,13 @@ def blackbox_matching(
     or a callable such as ``scaler.get_scale``, read at backward time); ignored when
     ``fidelity=True``, which mimics the original's loss-scale-unaware backward. ``solver_options``:
     keyword arguments of the solver for the forward and the backward solve (``{"search": 0}``:
-    ``"auto"`` without its search, as the MGA training step runs it).
+    ``"auto"`` without its search, as the MGA training step runs it). ``split``: every process of
+    the split passes the same problems and solves only its block of them (:class:`ProblemSplit`),
+    in forward and in backward; the costs of the other problems are not read.
+    ``sparse_quadratic_grad``: the quadratic costs' gradient as a sparse COO tensor (at most two
+    entries per A edge) instead of a dense ``[b, E1, E2]`` one, for a consumer that takes it (the
+    MGA's :func:`~exgramed_plugin.alignment.costs.edge_costs`; pass the costs batched, as a view's
+    backward takes no sparse gradient).
     """
     if not lambda_val > 0:
         raise ValueError(f"lambda_val must be > 0, got {lambda_val}")
@@ -128,5 +170,5 @@ def blackbox_matching(
     edges_a = edges_a.expand(b, -1, -1) if edges_a.dim() == 2 else edges_a
     edges_b = edges_b.expand(b, -1, -1) if edges_b.dim() == 2 else edges_b
     matching = BlackboxMatching.apply(unary, quadratic, edges_a, edges_b, solver, lambda_val, loss_scale, fidelity,
-                                      dict(solver_options or {}))
+                                      dict(solver_options or {}), split, sparse_quadratic_grad)
     return matching[0] if unbatched else matching

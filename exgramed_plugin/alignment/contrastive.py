@@ -98,9 +98,9 @@ class ContrastiveAlignment(nn.Module):
         return siglip_loss(z_image, z_text, t=self.logit_scale.float().exp(), bias=self.logit_bias.float())
 
     def forward(self, z_image: Tensor, z_text: Tensor, z_extended: Tensor, generator: torch.Generator | None = None,
-                loss_scale: object = None) -> MultiGraphAlignmentOutput:
-        """Alignment loss of one batch ``[B, d]`` per modality; ``generator``/``loss_scale`` are unused."""
-        del generator, loss_scale  # no noise and no black-box backward here
+                loss_scale: object = None, split: object = None) -> MultiGraphAlignmentOutput:
+        """Alignment loss of one batch ``[B, d]`` per modality; ``generator``/``loss_scale``/``split`` are unused."""
+        del generator, loss_scale, split  # no noise, no black-box backward and no matching problems here
         num_nodes = z_image.shape[0]
         if num_nodes < 2:  # a contrastive loss needs negatives; zero with a gradient path, as MGA's skip
             return skipped_output({"image": z_image, "text": z_text, "extended": z_extended}, self.parameters(),

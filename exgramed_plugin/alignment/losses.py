@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blackbox import LossScale, blackbox_matching
+from .costs import edge_costs, gumbel_noise
 from .graphs import NodeFeatureGNN, edge_features, knn_graph
 from .solvers import DEFAULT_SOLVER, SOLVERS
+from .split import ProblemSplit
 
 __all__ = [
     "hamming_loss",
-    "gumbel_noise",
     "MultiGraphAlignment",
     "MultiGraphAlignmentOutput",
     "PROBLEM_NAMES",
@@ -41,14 +42,6 @@ def hamming_loss(matching: Tensor, target: Tensor | None = None) -> Tensor:
     target = target.to(matching.dtype)
     errors = matching * (1.0 - target) + (1.0 - matching) * target
     return errors.mean(dim=-2).sum(dim=-1)
-
-
-def gumbel_noise(shape: tuple[int, ...], scale: float, generator: torch.Generator | None) -> Tensor:
-    """Gumbel(0, scale) samples in float64 from ``generator`` (on the generator's device)."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    tiny = torch.finfo(torch.float64).tiny
-    uniform = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-    return -scale * torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-16)))
 
 
 @dataclass
@@ -205,11 +198,15 @@ class MultiGraphAlignment(nn.Module):
         z_extended: Tensor,
         generator: torch.Generator | None = None,
         loss_scale: LossScale = None,
+        split: ProblemSplit | None = None,
     ) -> MultiGraphAlignmentOutput:
         """MGA loss of one batch of node features ``[B, d]`` per modality.
 
         ``generator`` supplies the Gumbel noise (a seeded module-owned one when ``None``);
         ``loss_scale`` is the AMP loss scale the backward will see (see :func:`blackbox_matching`).
+        ``split``: processes that all pass the same nodes and the same generator state (the global
+        graph) each solve a block of the six problems and share the answers; the loss and the gradient
+        are those of the whole batch, as without the split.
         """
         nodes = {"image": z_image, "text": z_text, "extended": z_extended}
         self._check_inputs(nodes)
@@ -242,19 +239,23 @@ class MultiGraphAlignment(nn.Module):
             union_edges = (edges[:, None] + offsets).permute(2, 0, 1, 3).reshape(2, -1)
             hidden = self.gnn(features.reshape(-1, features.shape[-1]), union_edges)
             features = hidden.view(num_problems, 2, num_nodes, -1)
-        features = features.float()
-        edge_feats = edge_features(features.reshape(2 * num_problems, num_nodes, -1), edges.repeat_interleave(2, 0))
-        edge_feats = F.normalize(edge_feats.view(num_problems, 2, num_edges, -1), p=2, dim=-1)
-        features = F.normalize(features, p=2, dim=-1)
-        node_affinity = features[:, 0] @ features[:, 1].transpose(1, 2)  # [6, B, B] cosine
-        edge_affinity = edge_feats[:, 0] @ edge_feats[:, 1].transpose(1, 2)  # [6, E, E]
+        # The costs in float32 whatever autocast is on (the graph network may run in bf16 / fp16): a
+        # low-precision affinity matmul changed the costs by ~1e-2 under bf16 (gpu_acceptance.py checks it).
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            edge_feats = edge_features(features.reshape(2 * num_problems, num_nodes, -1),
+                                       edges.repeat_interleave(2, 0))
+            edge_feats = F.normalize(edge_feats.view(num_problems, 2, num_edges, -1), p=2, dim=-1)
+            features = F.normalize(features, p=2, dim=-1)
+            node_affinity = features[:, 0] @ features[:, 1].transpose(1, 2)  # [6, B, B] cosine
 
-        gen = self._generator(generator)
-        device = node_affinity.device
-        node_noise = gumbel_noise((num_nodes, num_nodes), self.gumbel_scale, gen).to(device, torch.float32)
-        edge_noise = gumbel_noise((num_problems, num_edges, num_edges), self.gumbel_scale, gen)
-        unary = 0.5 - node_affinity - node_noise  # = -(S + G - 0.5)
-        quadratic = 0.25 - 0.5 * edge_affinity - 0.5 * edge_noise.to(device, torch.float32)  # = -0.5 (T + H - 0.5)
+            gen = self._generator(generator)
+            node_noise = gumbel_noise((num_nodes, num_nodes), self.gumbel_scale, gen).to(node_affinity.device,
+                                                                                           torch.float32)
+            unary = 0.5 - node_affinity - node_noise  # = -(S + G - 0.5)
+            # = -0.5 (T + H - 0.5) [6, E, E], float32 on the CPU; with a split, only this process's problems
+            solved = None if split is None else split.owned(num_problems)
+            quadratic = edge_costs(edge_feats[:, 0], edge_feats[:, 1], self.gumbel_scale, gen, solved)
 
         matchings = blackbox_matching(
             unary,
@@ -266,6 +267,8 @@ class MultiGraphAlignment(nn.Module):
             lambda_val=self.lambda_val,
             loss_scale=loss_scale,
             fidelity=self.fidelity,
+            split=split,
+            sparse_quadratic_grad=True,  # edge_costs takes it: no dense [6, E, E] gradient
         )
         terms = hamming_loss(matchings)  # [6]
         loss = terms.mean()  # = mean over modalities of (H(X -> bary) + H(bary -> X)) / 2

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput
+from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput, ProblemSplit
 from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
 from .text_packing import pack_padded, packed_text_nodes
 from ..settings import POOLINGS, MGASettings
@@ -245,7 +245,10 @@ class AlignmentHead:
             gathered = gather_with_local_grad(torch.cat(nodes, dim=1))
             nodes = [part.to(z.dtype) for part, z in zip(gathered.split([z.shape[1] for z in nodes], dim=1), nodes)]
             destroy_process_group_at_exit()
-        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale_at_backward)
+        # every rank holds the same global graph: each solves a block of its problems (alignment/split.py)
+        split = ProblemSplit.over_processes() if global_graph else None
+        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale_at_backward,
+                         split=split)
         if output.skipped_reason and output.num_nodes < 2 and not self.warned_small_batch:
             # (a non-finite node also skips the matching: a NaN loss, which the trainer's guard reports)
             logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)

@@ -17,8 +17,9 @@ from typing import Any
 
 from swift.arguments.base_args.base_args import BaseArguments
 
+from ..alignment.step_cost import global_graph_warning
 from ..settings import MGASettings, PluginSettings, parse_settings, use_settings, with_saved_mga
-from .run_checks import local_folder, refuse_what_cannot_run
+from .run_checks import local_folder, refuse_what_cannot_run, world_size
 
 logger = logging.getLogger(__name__)
 HEAD_CALLBACK = "exgramed_mga_head"  # swift_glue/builtin_models.py registers it
@@ -80,6 +81,7 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
 
     * what cannot run is refused (run_checks.py: machine, precision, model type, sequence parallel,
       graph size, checkpointing, truncated weight files);
+    * a global graph above 512 nodes gets a warning with its estimated CPU time per step;
     * ``--strict`` is turned on for training: a row that fails to encode stops the run instead of
       being replaced by a random row;
     * ``--check_model`` is turned off for a local ``--model`` folder: it asks the ModelScope hub
@@ -88,6 +90,9 @@ def check_swift_run(args: Any, settings: PluginSettings) -> None:
     training = hasattr(args, "per_device_train_batch_size")
     refuse_what_cannot_run(args, settings, training=training)
     if training and settings.mga.active:
+        per_device = int(args.per_device_train_batch_size or 1)
+        if settings.mga.global_graph and (warning := global_graph_warning(per_device, world_size())):
+            logger.warning("exgramed: %s", warning)
         callbacks = getattr(args, "callbacks", None)
         if isinstance(callbacks, list) and HEAD_CALLBACK not in callbacks:
             callbacks.append(HEAD_CALLBACK)  # restores a built-in model's graph network on resume

@@ -52,6 +52,26 @@ def test_gradient_equals_the_perturbation_formula(seed):
     torch.testing.assert_close(q.grad, -(pairs(x_hat) - pairs(x_lam)) / lam)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_quadratic_gradient_equals_the_perturbation_formula(seed):
+    unary, quadratic, edges, upstream = small_problem(seed, n=5)
+    lam = 30.0
+    q = quadratic.float()[None].requires_grad_(True)  # batched: a view's backward takes no sparse gradient
+    x = blackbox_matching(unary[None], q, edges, edges, solver="exact", lambda_val=lam, sparse_quadratic_grad=True)
+    (x[0] * upstream).sum().backward()
+    assert q.grad.is_sparse and q.grad.dtype == torch.float32
+
+    x_hat = brute_force_matching(unary, q.detach()[0].double(), edges, edges)
+    x_lam = brute_force_matching(unary + lam * upstream, q.detach()[0].double(), edges, edges)
+
+    def pairs(z):
+        return z[edges[0]][:, edges[0]] * z[edges[1]][:, edges[1]]
+
+    expected = (-(pairs(x_hat) - pairs(x_lam)) / lam).float()
+    assert bool((expected != 0).any())  # the perturbation moved some edge pair: not vacuous
+    torch.testing.assert_close(q.grad.to_dense()[0], expected, rtol=0, atol=0)
+
+
 def test_gradient_is_nonzero_somewhere_for_informative_upstream():
     # the perturbed problem must differ, otherwise the previous test would pass vacuously
     found_nonzero = False

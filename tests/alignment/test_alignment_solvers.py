@@ -21,7 +21,7 @@ from exgramed_plugin.alignment.solvers import (
     branch_and_bound,
     solve_ipfp,
 )
-from exgramed_plugin.alignment.solvers.tables import _gradients, _pair_coefficients
+from exgramed_plugin.alignment.solvers.tables import _gradients, _pair_coefficients, _pair_terms
 
 
 def mga_instances(batch, n, seed, noise=1.0, k=5, d=16, shared_structure=True):
@@ -198,7 +198,7 @@ def test_pair_indicator_difference_matches_dense_indicator(structure):
         assignment[torch.rand(b, n, generator=gen) < 0.3] = -1
         matchings.append(F.one_hot(assignment + 1, m + 1)[..., 1:].double())
     expected = edge_pair_indicator(matchings[0], edges_a, edges_b) - edge_pair_indicator(matchings[1], edges_a, edges_b)
-    found = _pair_indicator_difference(problem, matchings[0], matchings[1], scale=-0.5)
+    found = _pair_indicator_difference(problem.pair_index(), matchings[0], matchings[1], scale=-0.5)
     torch.testing.assert_close(torch.from_numpy(found), -0.5 * expected, rtol=0, atol=0)
 
 
@@ -387,4 +387,20 @@ def test_copied_tables_equal_tables_of_copied_problems(structure):
         assignment[gen.random(assignment.shape) < 0.3] = -1
         np.testing.assert_array_equal(_gradients(shared, assignment), _gradients(rebuilt, assignment))
         for found, expected in zip(_pair_coefficients(shared, assignment), _pair_coefficients(rebuilt, assignment)):
+            np.testing.assert_array_equal(found, expected)
+
+
+def test_sparse_pair_terms_are_the_dense_coefficients_bit_for_bit():
+    problems = mga_instances(3, 9, seed=31, shared_structure=False)  # kNN graphs: some edges have reverses
+    tables = prepare_problem(*problems).tables()
+    assert tables.simple_a and (tables.reverse_a >= 0).any() and (tables.reverse_a < 0).any()
+    gen = np.random.default_rng(1)
+    for _ in range(4):
+        assignment = np.stack([gen.permutation(9) for _ in range(3)])
+        assignment[gen.random(assignment.shape) < 0.3] = -1
+        same, both = np.zeros((3, 9, 9)), np.zeros((3, 9, 9))
+        problem, i, k, same_values, both_values = _pair_terms(tables, assignment)
+        assert len(set(zip(problem.tolist(), i.tolist(), k.tolist()))) == len(problem)  # each position once
+        same[problem, i, k], both[problem, i, k] = same_values, both_values
+        for found, expected in zip((same, both), _pair_coefficients(tables, assignment)):
             np.testing.assert_array_equal(found, expected)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from conftest import DATA_TEMPLATES
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
@@ -144,6 +145,83 @@ def test_flash_attention_gets_one_row_and_the_varlen_arguments():
 def test_left_padded_mask_is_refused():
     with pytest.raises(ValueError, match="right-padded"):
         pack_padded(torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 1, 1], [0, 1, 1]]))
+
+
+# ------------------------------------------------------------------------------------------------
+# pooling precision: bf16 / fp16 states
+
+class _CudaAtomicIndexAdd(TorchFunctionMode):
+    """Emulates CUDA's ``index_add``: one atomic add per source row, each rounding the partial sum to
+    the buffer's dtype (the CPU kernel accumulates bf16 more precisely, so it cannot show the defect).
+    Records the dtype of every buffer it adds into."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer_dtypes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in (torch.Tensor.index_add, torch.index_add):
+            return func(*args, **kwargs)
+        buffer, dim, index, source = args
+        assert dim == 0 and not kwargs
+        self.buffer_dtypes.append(buffer.dtype)
+        out = buffer.detach().clone()
+        for row in range(source.shape[0]):
+            out[index[row]] = (out[index[row]].double() + source[row].double()).to(buffer.dtype)
+        return out
+
+
+def _token_states(lengths, dtype, offset, seed=0):
+    """Token states with a shared component, as a decoder's last hidden states have (a node is not ~0)."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = offset + torch.randn(64, generator=generator)
+    return (shared + torch.randn(sum(lengths), 64, generator=generator)).to(dtype)
+
+
+def _padded_path_nodes(states, lengths):
+    """The padded path's pooling (``AlignmentHead._padded_text_nodes``) on the same states."""
+    hidden = torch.zeros(len(lengths), max(lengths), states.shape[1], dtype=states.dtype)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=states.dtype)
+    for row, part in enumerate(states.split(lengths)):
+        hidden[row, :len(part)], mask[row, :len(part)] = part, 1
+    mask = mask.unsqueeze(-1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
+def _relative_errors(nodes, states, lengths):
+    reference = torch.stack([part.double().mean(0) for part in states.split(lengths)])
+    return (nodes.double() - reference).norm(dim=1) / reference.norm(dim=1)
+
+
+def _embedding_only_decoder(states):
+    embedding = nn.Embedding(*states.shape).to(states.dtype)
+    embedding.weight.data.copy_(states)
+    return SimpleNamespace(embed_tokens=embedding)
+
+
+def test_bf16_nodes_are_pooled_in_float32_within_the_padded_paths_error():
+    lengths = [1600, 400, 100, 7]
+    states = _token_states(lengths, torch.bfloat16, offset=0.0)
+    decoder = _embedding_only_decoder(states)
+    atomics = _CudaAtomicIndexAdd()
+    with torch.no_grad(), atomics:
+        nodes = packed_text_nodes(decoder, torch.arange(sum(lengths))[None], torch.tensor(lengths), after_de=False)
+    assert atomics.buffer_dtypes == [torch.float32]
+    assert nodes.dtype == torch.bfloat16
+    padded_error = _relative_errors(_padded_path_nodes(states, lengths), states, lengths)
+    assert float(padded_error.max()) < 0.005  # one bf16 rounding of the float32 sum (2^-9)
+    assert bool((_relative_errors(nodes, states, lengths) <= padded_error.max()).all())
+
+
+def test_fp16_sums_past_the_fp16_range_do_not_overflow():
+    lengths = [1600, 30]
+    states = _token_states(lengths, torch.float16, offset=60.0)  # a sum of ~96,000 > 65,504
+    with torch.no_grad():
+        nodes = packed_text_nodes(_embedding_only_decoder(states), torch.arange(sum(lengths))[None],
+                                  torch.tensor(lengths), after_de=False)
+    assert bool(torch.isfinite(nodes).all())
+    assert float(_relative_errors(nodes, states, lengths).max()) < 2 ** -10
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,9 +37,11 @@ from .problem import (  # noqa: F401  (private names: used by blackbox.py, the t
     GraphMatchingProblem,
     _pair_indicator_difference,
     _quadratic_gradients,
+    _sparse_pair_indicator_difference,
     _to_assignment,
     _to_matrix,
     batched_inputs,
+    edge_pair_index,
     edge_pair_indicator,
     matching_objective,
     prepare_problem,
@@ -72,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_SOLVER = "auto"
+BATCH_ENTRIES = 1 << 20  # n * m entries of the problems solved together (b = 6 up to 408 nodes)
 
 SolverFn = Callable[..., Tensor]
 SOLVERS: dict[str, SolverFn] = {
@@ -116,8 +119,20 @@ def solve_graph_matching(
 
 
 def solve_prepared(problem: GraphMatchingProblem, solver: str = DEFAULT_SOLVER, **options) -> Tensor:
-    """Solve an already prepared problem; returns the 0/1 matching ``[b, n, m]`` (float64, CPU)."""
+    """Solve an already prepared problem; returns the 0/1 matching ``[b, n, m]`` (float64, CPU).
+
+    Large batches are solved a few problems at a time (:data:`BATCH_ENTRIES`): a solver's answer to a
+    problem does not depend on its batch, and the solvers' ``[b, n, m]`` work arrays stay small
+    enough for the allocator to reuse them (above 32 MB glibc maps every new array afresh, and the
+    page faults of zeroing it cost more than the arithmetic at 1,024 nodes).
+    """
     if solver not in SOLVERS:
         raise ValueError(f"unknown graph matching solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    assignment = SOLVERS[solver](problem, **options)
-    return _to_matrix(assignment, problem.shape[2])
+    b, n, m = problem.shape
+    per_part = max(1, BATCH_ENTRIES // max(1, n * m))
+    if b <= per_part:
+        assignment = SOLVERS[solver](problem, **options)
+    else:
+        parts = [problem.part(start, min(b, start + per_part)) for start in range(0, b, per_part)]
+        assignment = torch.cat([SOLVERS[solver](part, **options) for part in parts])
+    return _to_matrix(assignment, m)

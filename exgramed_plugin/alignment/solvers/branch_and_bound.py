@@ -62,7 +62,7 @@ def pair_matrices(problem: GraphMatchingProblem, order: np.ndarray) -> np.ndarra
 def _row_order(problem: GraphMatchingProblem) -> np.ndarray:
     """Rows by decreasing pair-cost mass ``[b, n]``: deciding them first moves the bound the most."""
     b, n, _ = problem.shape
-    mass = np.abs(problem.quadratic.numpy()).sum(axis=2)  # [b, E1]
+    mass = np.abs(problem.quadratic.numpy().astype(np.float64, copy=False)).sum(axis=2)  # [b, E1]
     ends = np.concatenate([problem.src_a.numpy(), problem.dst_a.numpy()], axis=1) + n * np.arange(b)[:, None]
     weight = np.bincount(ends.reshape(-1), np.concatenate([mass, mass], axis=1).reshape(-1), minlength=b * n)
     return np.argsort(-weight.reshape(b, n), axis=1, kind="stable")

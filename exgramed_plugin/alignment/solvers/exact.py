@@ -40,7 +40,7 @@ def solve_exact(problem: GraphMatchingProblem, chunk_size: int = 1 << 17) -> Ten
         # pair costs per A-edge and B-node pair: table[a, j1, j2] = sum of q_ab over b = (j1 -> j2)
         table = torch.zeros(problem.quadratic.shape[1], (m + 1) * (m + 1), dtype=_DTYPE)
         node_pair = problem.src_b[p] * (m + 1) + problem.dst_b[p]
-        table.index_add_(1, node_pair, problem.quadratic[p])
+        table.index_add_(1, node_pair, problem.quadratic[p].to(_DTYPE))
         table = table.reshape(-1)
         src_a, dst_a = problem.src_a[p], problem.dst_a[p]
         edge_offset = torch.arange(len(src_a)) * (m + 1) * (m + 1)

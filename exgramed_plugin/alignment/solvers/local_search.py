@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .problem import GraphMatchingProblem, _unary_array
-from .tables import _gradients, _offsets, _pair_coefficients, _Tables
+from .tables import _gradients, _offsets, _pair_coefficients, _pair_terms, _Tables
 
 
 _MOVES = ("remove", "insert", "swap")
@@ -53,7 +53,10 @@ def _move_deltas(
     candidates = []
     if "remove" in moves:
         candidates.append(np.where(current >= 0, -row_gain, np.inf))
-    if "insert" in moves or "swap" in moves:
+    sparse = tables.simple_a and ("insert" in moves or "swap" in moves)
+    if sparse:  # kNN graphs: the pair coefficients at A's edges only (zero elsewhere), the same values
+        terms = _live_pair_terms(tables, assignment, live)
+    elif "insert" in moves or "swap" in moves:
         same, both = _pair_coefficients(tables, assignment)
         if not everyone:
             same, both = same[live], both[live]
@@ -62,10 +65,16 @@ def _move_deltas(
         gain_of_row = np.zeros((size, n + 1))
         gain_of_row[:, :n] = row_gain
         col_gain = np.take(gain_of_row, gain_rows[:size] + inverse)  # g[inv_j, j]
-        same_padded = np.zeros((size, n, n + 1))
-        same_padded[:, :, :n] = same
         delta = padded - row_gain[:, :, None]
-        delta[:, :, :m] += np.take(same_padded, same_rows[:size] + inverse[:, None, :])  # evicted pair
+        if sparse:  # evicted pair: W((i, j), (k, j's holder k)) for the A-edge neighbours k of i
+            problem, i, k, same_values, _ = terms
+            held = current[problem, k]
+            kept = held >= 0
+            delta[problem[kept], i[kept], held[kept]] += same_values[kept]
+        else:
+            same_padded = np.zeros((size, n, n + 1))
+            same_padded[:, :, :n] = same
+            delta[:, :, :m] += np.take(same_padded, same_rows[:size] + inverse[:, None, :])  # evicted pair
         delta[:, :, :m] -= col_gain[:, None, :]
         np.put(delta, row_index, np.inf)  # already set (or the "unassigned" column)
         candidates.append(delta[:, :, :m].reshape(size, -1))
@@ -73,12 +82,26 @@ def _move_deltas(
         exchanged = np.take(padded, padded_rows[:size, :, None] + matched[:, None, :])  # g[i, p_k]
         exchanged -= row_gain[:, :, None]
         delta = exchanged + exchanged.transpose(0, 2, 1)
-        delta += both
+        if sparse:
+            problem, i, k, _, both_values = terms
+            delta[problem, i, k] += both_values
+        else:
+            delta += both
         penalty = np.where(current >= 0, 0.0, np.inf)
         delta += penalty[:, :, None]
         delta += penalty[:, None, :] + order_penalty
         candidates.append(delta.reshape(size, -1))
     return np.concatenate(candidates, axis=1)
+
+
+def _live_pair_terms(tables: _Tables, assignment: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`_pair_terms` of the ``live`` problems, numbered by their place in ``live``."""
+    problem, i, k, same, both = _pair_terms(tables, assignment)
+    place = np.full(tables.b, -1, dtype=np.int64)
+    place[live] = np.arange(len(live))
+    problem = place[problem]
+    kept = problem >= 0
+    return problem[kept], i[kept], k[kept], same[kept], both[kept]
 
 
 def _apply_moves(

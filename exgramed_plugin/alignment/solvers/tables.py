@@ -50,6 +50,8 @@ class _Tables:
     pair_ids: np.ndarray  # [b * (m+1)^2], -1: no such B edge
     pair_values: np.ndarray  # [b * E1 * E2]
     canonical: np.ndarray  # [b, E2] canonical id of each B edge (itself unless duplicated)
+    reverse_a: np.ndarray  # [b * E1] id inside its problem of the A edge dst -> src, -1 if none
+    simple_a: bool  # A has no duplicate edges and no self loops (a kNN graph): see :func:`_pair_terms`
 
     def take(self, index: np.ndarray) -> _Tables:
         """Tables of the problems at ``index`` (repeats allowed) that share this batch's cost arrays.
@@ -93,7 +95,14 @@ class _Tables:
             pair_ids=blocks(self.pair_ids, (m + 1) ** 2),
             pair_values=self.pair_values,
             canonical=self.canonical[index],
+            reverse_a=blocks(self.reverse_a, e1),
+            simple_a=self.simple_a,
         )
+
+    def pair_index(self) -> _PairIndex:
+        """The pair part of these tables (shared arrays)."""
+        return _PairIndex(self.b, self.n, self.m, self.src_a, self.dst_a, self.pair_base[: self.src_a.size],
+                          self.pair_ids, self.canonical, self.pair_values is not self.quadratic)
 
     @staticmethod
     def build(problem: GraphMatchingProblem) -> _Tables:
@@ -102,6 +111,7 @@ class _Tables:
         src_b, dst_b = problem.src_b.numpy(), problem.dst_b.numpy()
         e1, e2 = src_a.shape[1], src_b.shape[1]
         problems = np.arange(b)[:, None]
+        pairs = _PairIndex.build(src_a, dst_a, src_b, dst_b, n, m)
 
         # incidence lists of both halves of all problems at once: key (p, h, node)
         keys = np.concatenate([dst_b, src_b + (m + 1)], axis=1) + 2 * (m + 1) * problems
@@ -110,23 +120,14 @@ class _Tables:
         order = np.argsort(keys, kind="stable")
         degree = np.bincount(keys, minlength=b * 2 * (m + 1))
 
+        # float32 or float64 costs, read as they are: every sum of them is taken in float64 (bincount)
         quadratic = np.ascontiguousarray(problem.quadratic.numpy()).reshape(-1)
         edge_rows = np.arange(b * e1) * e2
-        # canonical id of each B node pair (p, j, l): its first edge, -1 if none
-        key = (src_b * (m + 1) + dst_b + (m + 1) ** 2 * problems).reshape(-1)
-        ids = np.full(b * (m + 1) ** 2, -1, dtype=np.int64)
-        edge_ids = np.tile(np.arange(e2), b)
-        ids[key] = edge_ids
-        canonical = ids[key]
-        if (canonical == edge_ids).all():
+        if not pairs.duplicates:
             coalesced = quadratic  # no duplicate B edges (kNN graphs): nothing to sum
         else:
-            ids.fill(e2)
-            np.minimum.at(ids, key, edge_ids)
-            ids[ids == e2] = -1
-            canonical = ids[key]
-            slots = (edge_rows.reshape(b, e1, 1) + canonical.reshape(b, 1, e2)).reshape(-1)
-            coalesced = np.bincount(slots, problem.quadratic.numpy().reshape(-1), minlength=b * e1 * e2)
+            slots = (edge_rows.reshape(b, e1, 1) + pairs.canonical.reshape(b, 1, e2)).reshape(-1)
+            coalesced = np.bincount(slots, quadratic, minlength=b * e1 * e2)
         slot = (n * n * problems + src_a * n + dst_a).reshape(-1)
         return _Tables(
             b=b,
@@ -141,14 +142,74 @@ class _Tables:
             value_base=edge_rows.repeat(2),
             row_base=(np.stack([src_a, dst_a], axis=2) * m + 2 * n * m * problems[:, :, None]).reshape(-1),
             quadratic=quadratic,
-            src_a=(src_a + n * problems).reshape(-1),
-            dst_a=(dst_a + n * problems).reshape(-1),
-            pair_base=np.tile(((m + 1) ** 2 * problems).repeat(e1, axis=1).reshape(-1), 2),
+            src_a=pairs.src_a,
+            dst_a=pairs.dst_a,
+            pair_base=np.tile(pairs.pair_base, 2),
             pair_value_base=np.tile(edge_rows, 2),
             pair_slot=np.concatenate([slot, slot + b * n * n]),
-            pair_ids=ids,
+            pair_ids=pairs.pair_ids,
             pair_values=coalesced,
+            canonical=pairs.canonical,
+            **_reverse_edges(src_a, dst_a, n),
+        )
+
+
+def _reverse_edges(src_a: np.ndarray, dst_a: np.ndarray, n: int) -> dict:
+    """``reverse_a`` and ``simple_a`` of :class:`_Tables` from A's edge ends ``[b, E1]``."""
+    b, e1 = src_a.shape
+    key = (src_a * n + dst_a + n * n * np.arange(b)[:, None]).reshape(-1)
+    order = np.argsort(key, kind="stable")
+    simple = bool((src_a != dst_a).all()) and bool((np.diff(key[order]) != 0).all())
+    wanted = (dst_a * n + src_a + n * n * np.arange(b)[:, None]).reshape(-1)
+    found = np.minimum(np.searchsorted(key[order], wanted), max(0, key.size - 1))
+    hit = key[order][found] == wanted if key.size else np.zeros(0, dtype=bool)
+    reverse = np.where(hit, order[found] % max(1, e1), -1)
+    return {"reverse_a": reverse, "simple_a": simple}
+
+
+@dataclass(frozen=True)
+class _PairIndex:
+    """Which B edge joins each B node pair, over a batch: all the black-box gradient needs (no costs).
+
+    ``pair_ids[pair_base[a] + j * (m+1) + l]`` is the canonical id (its first edge) of the B edge
+    ``j -> l`` of A edge ``a``'s problem, ``-1`` where there is none (``j`` or ``l`` = ``m``: unassigned).
+    """
+
+    b: int
+    n: int
+    m: int
+    src_a: np.ndarray  # [b * E1] flat row p * n + src
+    dst_a: np.ndarray  # [b * E1]
+    pair_base: np.ndarray  # [b * E1] offset p * (m+1)^2 into ``pair_ids``
+    pair_ids: np.ndarray  # [b * (m+1)^2]
+    canonical: np.ndarray  # [b, E2] canonical id of each B edge (itself unless duplicated)
+    duplicates: bool  # some B edges join the same node pair
+
+    @staticmethod
+    def build(src_a: np.ndarray, dst_a: np.ndarray, src_b: np.ndarray, dst_b: np.ndarray, n: int, m: int) -> _PairIndex:
+        """From the edge ends ``[b, E]`` of both graphs."""
+        b, e1 = src_a.shape
+        e2 = src_b.shape[1]
+        problems = np.arange(b)[:, None]
+        key = (src_b * (m + 1) + dst_b + (m + 1) ** 2 * problems).reshape(-1)
+        ids = np.full(b * (m + 1) ** 2, -1, dtype=np.int64)
+        edge_ids = np.tile(np.arange(e2), b)
+        ids[key] = edge_ids
+        canonical = ids[key]
+        duplicates = not (canonical == edge_ids).all()
+        if duplicates:  # the first of the edges that join a pair stands for them all
+            ids.fill(e2)
+            np.minimum.at(ids, key, edge_ids)
+            ids[ids == e2] = -1
+            canonical = ids[key]
+        return _PairIndex(
+            b=b, n=n, m=m,
+            src_a=(src_a + n * problems).reshape(-1),
+            dst_a=(dst_a + n * problems).reshape(-1),
+            pair_base=((m + 1) ** 2 * problems).repeat(e1, axis=1).reshape(-1),
+            pair_ids=ids,
             canonical=canonical.reshape(b, e2),
+            duplicates=duplicates,
         )
 
 
@@ -174,6 +235,14 @@ def _gradients(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
     work is ``E1 x max degree`` instead of ``E1 x E2``.
     """
     b, n, m = tables.b, tables.n, tables.m
+    target, values = _gradient_entries(tables, assignment)
+    gradients = np.bincount(target, values, minlength=b * 2 * n * m)
+    return gradients.astype(np.float64, copy=False).reshape(b, 2, n * m)  # bincount of nothing is int
+
+
+def _gradient_entries(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_gradients` before it is summed: flat ``[b, 2, n * m]`` positions and the costs added there."""
+    m = tables.m
     matched = assignment.reshape(-1) % (m + 1)  # -1 -> m: list m is empty
     lists = np.take(matched, tables.pivot)
     lists += tables.shift
@@ -185,8 +254,31 @@ def _gradients(tables: _Tables, assignment: np.ndarray) -> np.ndarray:
     edges += np.repeat(tables.value_base, length)
     target = np.take(tables.list_columns, position)
     target += np.repeat(tables.row_base, length)
-    gradients = np.bincount(target, np.take(tables.quadratic, edges), minlength=b * 2 * n * m)
-    return gradients.astype(np.float64, copy=False).reshape(b, 2, n * m)  # bincount of nothing is int
+    return target, np.take(tables.quadratic, edges)
+
+
+def _bilinear(tables: _Tables, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``<G1(columns), rows>`` ``[..., b]`` for discrete assignments ``[..., b, n]`` (broadcast):
+    ``sum_a q[a, B edge r(src_a) -> c(dst_a)]``.
+
+    ``quad(x) = <G1(x), x>`` is the bilinear form on the diagonal; IPFP's line search needs it between
+    the matchings its iterate combines, one lookup per A edge instead of a pass over ``[n, m]``.
+    """
+    b, m = tables.b, tables.m
+    rows, columns = np.broadcast_arrays(rows, columns)
+    lead = rows.shape[:-2]
+    count = int(np.prod(lead, dtype=np.int64))
+    half = tables.src_a.size
+    if not (half and tables.pair_values.size):  # no edge pairs
+        return np.zeros((*lead, b))
+    j = np.take(rows.reshape(count, -1) % (m + 1), tables.src_a, axis=1)
+    l = np.take(columns.reshape(count, -1) % (m + 1), tables.dst_a, axis=1)
+    ids = np.take(tables.pair_ids, j * (m + 1) + l + tables.pair_base[:half])
+    values = np.take(tables.pair_values, ids + tables.pair_value_base[:half])  # id -1 reads a wrong entry ...
+    values = np.where(ids < 0, 0.0, values)  # ... which is cleared here
+    bins = np.arange(count)[:, None] * b + np.arange(half) // (half // b)  # (pair, problem), edges in order
+    sums = np.bincount(bins.reshape(-1), values.reshape(-1), minlength=count * b)
+    return sums.astype(np.float64, copy=False).reshape(*lead, b)
 
 
 def _objective_values(tables: _Tables, unary: np.ndarray, assignment: np.ndarray) -> np.ndarray:
@@ -196,6 +288,37 @@ def _objective_values(tables: _Tables, unary: np.ndarray, assignment: np.ndarray
     entries = rows * m + assignment.reshape(-1)[rows]  # flat [b, n, m] index of each matched pair
     values = unary.reshape(-1)[entries] + _gradients(tables, assignment)[:, 0].reshape(-1)[entries]
     return np.bincount(rows // n, values, minlength=b).astype(np.float64, copy=False)
+
+
+def _pair_terms(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The nonzero entries of :func:`_pair_coefficients`' matrices, equal to them bit for bit, when A is simple.
+
+    Returns ``(problem, i, k, same, both)`` over the positions ``(i, k)`` of A's edges and of the
+    reverses that are not edges themselves: everywhere else both matrices are zero. Each entry is
+    summed in the dense code's order, ``same = h[i, k] + h[k, i]``, ``both = (same + c[i, k]) + c[k, i]``.
+    """
+    b, n, m = tables.b, tables.n, tables.m
+    half = tables.src_a.size
+    e1 = half // max(1, b)
+    if not (half and tables.pair_values.size):
+        return tuple(np.zeros(0, dtype=dtype) for dtype in (np.int64, np.int64, np.int64, np.float64, np.float64))
+    matched = assignment.reshape(-1) % (m + 1)
+    j, l = np.take(matched, tables.src_a), np.take(matched, tables.dst_a)
+    ids = np.take(tables.pair_ids, np.concatenate([j * (m + 1) + l, l * (m + 1) + j]) + tables.pair_base)
+    values = np.take(tables.pair_values, ids + tables.pair_value_base).astype(np.float64)
+    values[ids < 0] = 0.0
+    along, crossed = values[:half], values[half:]  # h[i, k] and c[i, k] of A edge i -> k
+    problem = np.arange(half) // e1
+    has_reverse = tables.reverse_a >= 0
+    reverse = np.where(has_reverse, tables.reverse_a + problem * e1, 0)
+    same = along + np.where(has_reverse, along[reverse], 0.0)
+    both = same + crossed
+    both += np.where(has_reverse, crossed[reverse], 0.0)
+    lonely = ~has_reverse  # position (k, i): h[k, i] = c[k, i] = 0
+    rows, columns = tables.src_a - problem * n, tables.dst_a - problem * n
+    return (np.concatenate([problem, problem[lonely]]), np.concatenate([rows, columns[lonely]]),
+            np.concatenate([columns, rows[lonely]]), np.concatenate([same, along[lonely]]),
+            np.concatenate([both, along[lonely] + crossed[lonely]]))
 
 
 def _pair_coefficients(tables: _Tables, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
