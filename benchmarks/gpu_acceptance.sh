@@ -26,9 +26,10 @@
 # each naming what is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"  # the interpreter with torch (the test suite passes its own)
 if [ -d gpu_carry/wheels ] && [ "${1:-}" != "--cpu-smoke" ]; then
-    DS_BUILD_OPS=0 python -m pip install --quiet --no-index --find-links gpu_carry/wheels \
+    DS_BUILD_OPS=0 "$PYTHON" -m pip install --quiet --no-index --find-links gpu_carry/wheels \
         gpu_carry/wheels/* 2>&1 | tail -n 3 || echo "gpu_acceptance: some carried wheels did not install"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec python benchmarks/gpu_acceptance.py "$@"
+exec "$PYTHON" benchmarks/gpu_acceptance.py "$@"

@@ -98,7 +98,8 @@ def test_gpu_acceptance_cpu_smoke_runs_every_check_a_cpu_can(tmp_path):
     """benchmarks/gpu_acceptance.sh --cpu-smoke: one line per check, DONE last, no FAIL (the GPU-only checks SKIP)."""
     script = REPO_ROOT / "benchmarks" / "gpu_acceptance.sh"
     result = subprocess.run(["bash", str(script), "--cpu-smoke", "--json", str(tmp_path / "a.json")],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     lines = result.stdout.strip().splitlines()
     checks = {line.split()[1]: line.split()[2] for line in lines if line.startswith("CHECK ")}
     assert lines[-1] == "DONE fails=0 required_skipped=swift_sft_fp16_zero2", result.stdout + result.stderr[-3000:]

@@ -19,7 +19,7 @@ class RecordingNetwork(nn.Module):
         self.weight = nn.Parameter(torch.empty(1, device="meta"))
         self.devices: list[torch.device] = []
 
-    def forward(self, z_image, z_text, z_extended, generator=None, loss_scale=None) -> MultiGraphAlignmentOutput:
+    def forward(self, z_image, z_text, z_extended, generator=None, loss_scale=None, split=None) -> MultiGraphAlignmentOutput:
         self.devices = [z.device for z in (z_image, z_text, z_extended)]
         zero = torch.zeros(())
         return MultiGraphAlignmentOutput(loss=zero, hamming={}, matching_accuracy=zero, num_nodes=z_image.shape[0])
