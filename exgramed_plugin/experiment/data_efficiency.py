@@ -155,7 +155,8 @@ def _cell_environment(threads: int | None) -> dict[str, str]:
 
 def run_cell_process(spec: CellSpec, threads: int | None = None) -> dict[str, Any]:
     """One cell in a fresh interpreter, logged to ``<cell>.log``; its result (also ``<cell>.result.json``)."""
-    spec_path, result_path, log_path = (Path(spec.out_dir + suffix) for suffix in (".spec.json", ".result.json", ".log"))
+    spec_path, result_path, log_path = (Path(spec.out_dir + suffix)
+                                        for suffix in (".spec.json", ".result.json", ".log"))
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(spec_path, asdict(spec), indent=1)
     result_path.unlink(missing_ok=True)
@@ -359,7 +360,7 @@ def run_gate(args: argparse.Namespace) -> dict[str, Any]:
     tried.append({"budget": changes, "budget_key": budget_key(budget), **figures, "run": run_dir.name,
                   "wall_s": wall, "cell_wall_s": {cell_name(c["block"], c["fraction"], c["arm"]): c["wall_s"]
                                                   for c in cells if "wall_s" in c}})
-    record.update(passed=figures["passed"], rule=figures["rule"])
+    record.update(gap=figures["gap"], paired_sd=figures["paired_sd"], passed=figures["passed"], rule=figures["rule"])
     write_json(record_path, record, indent=1)
     assemble(run_dir, cells, protocol, setup.report, plan={}, gate=record, wall_s=wall)
     (args.out / "gate.md").write_text(format_gate(record) + "\n")
@@ -409,19 +410,29 @@ def plan_numbers(args: argparse.Namespace) -> dict[str, Any]:
         sum(c["pretrain"]["steps"] for c in pilot_cells.values())
     steps = {float(f): max(c["pretrain"]["steps"] for c in pilot_cells.values() if math.isclose(c["fraction"], f))
              for f in (0.1, 1.0)}
-    cells = {0.1: ("none", "mga", "lm-long"), 1.0: ("none",)}
-    per_block = sum(sum(fixed) / len(fixed) + steps[f] * none_step * seconds[arm] / seconds["none"]
-                    for f, arms in cells.items() for arm in arms)
-    grid_s = per_block * needed / max(1, args.jobs)
+    steps[0.4] = round(0.4 * steps[1.0])
+
+    def projected(cells: Mapping[float, Sequence[str]]) -> float:
+        per_block = sum(sum(fixed) / len(fixed) + steps[f] * none_step * seconds[arm] / seconds["none"]
+                        for f, arms in cells.items() for arm in arms)
+        return per_block * needed / args.jobs
+
     gate_s = sum(e["wall_s"] for e in record["budgets_tried"])
-    plan = {"primary": PRIMARY_CONTRAST, "endpoint": "primary_score", "delta": args.delta, "blocks": needed,
-            "cells": {str(f): list(arms) for f, arms in cells.items()}, "secondary": list(SECONDARY),
-            "secondary_endpoints": list(SECONDARY_ENDPOINTS), "budget": entry["budget"], "gate": record,
+    grid_s = projected(REQUIRED_CELLS)
+    optional = {**REQUIRED_CELLS, 1.0: ("none", "mga", "lm-long")}
+    gate = {key: record[key] for key in ("gap", "paired_sd", "passed", "rule")}
+    kept = ("budget", "gap", "paired_sd", "n_blocks", "passed", "differences", "wall_s")
+    gate["budgets_tried"] = [{key: tried[key] for key in kept} for tried in record["budgets_tried"]]
+    return {"primary": PRIMARY_CONTRAST, "endpoint": "primary_score", "delta": args.delta, "blocks": needed,
+            "cells": {str(f): list(arms) for f, arms in REQUIRED_CELLS.items()}, "secondary": list(SECONDARY),
+            "secondary_endpoints": list(SECONDARY_ENDPOINTS), "budget": entry["budget"], "gate": gate,
             "pilot_sd": sd, "power_at_12_blocks": analysis.power(args.delta, sd, analysis.MIN_BLOCKS),
             "power": analysis.power(args.delta, sd, needed), "seconds_per_pretrain_step": seconds,
             "projected_grid_wall_s": grid_s, "pilots_wall_s": gate_s, "projected_total_wall_s": grid_s + gate_s,
+            "projected_with_optional_wall_s": {
+                "mga, lm-long at 100 %": projected(optional) + gate_s,
+                "and every arm at 40 %": projected({**optional, 0.4: optional[0.1]}) + gate_s},
             "jobs": args.jobs}
-    return plan
 
 
 def run_grid(args: argparse.Namespace) -> dict[str, Any]:
@@ -615,12 +626,16 @@ def main(argv: list[str] | None = None) -> int:
 def _format_plan_numbers(numbers: Mapping[str, Any]) -> str:
     import json
     lines = [f"pilot SD of none@100 % - none@10 % per block: {numbers['pilot_sd']:.3f} points",
-             f"power of {analysis.MIN_BLOCKS} blocks for Δ = {numbers['delta']:g}: {numbers['power_at_12_blocks']:.3f}",
+             f"power of {analysis.MIN_BLOCKS} blocks for Δ = {numbers['delta']:g}: "
+             f"{numbers['power_at_12_blocks']:.3f}",
              f"blocks for >= {analysis.TARGET_POWER:.0%} power: {numbers['blocks']} (power {numbers['power']:.3f})",
              "seconds per pre-training step: " + ", ".join(f"{a} {s:.3f}" for a, s in
                                                             numbers["seconds_per_pretrain_step"].items()),
-             f"projected grid wall time with --jobs {numbers['jobs']}: {numbers['projected_grid_wall_s'] / 60:.1f} min; "
-             f"pilots so far {numbers['pilots_wall_s'] / 60:.1f} min; total {numbers['projected_total_wall_s'] / 60:.1f} min",
+             f"projected grid wall time with --jobs {numbers['jobs']}: "
+             f"{numbers['projected_grid_wall_s'] / 60:.1f} min; pilots so far {numbers['pilots_wall_s'] / 60:.1f} "
+             f"min; total {numbers['projected_total_wall_s'] / 60:.1f} min",
+             *[f"  total with the optional cells ({name}): {seconds / 60:.1f} min"
+               for name, seconds in numbers["projected_with_optional_wall_s"].items()],
              "", "the plan's json block (paste into docs/experiments.md between the plan markers):", "```json",
              json.dumps({k: numbers[k] for k in ("primary", "endpoint", "delta", "blocks", "cells", "secondary",
                                                  "secondary_endpoints", "budget", "gate", "pilot_sd", "power",

@@ -113,9 +113,11 @@ def load_stage(checkpoint: str | Path, model_kwargs: Mapping[str, Any], *, seed:
     return Stage(model, template, ExGraMedAlignmentLoss(_LoopArgs(), trainer), trainer)
 
 
-def train(stage: Stage, batches: Sequence[Sequence[dict[str, Any]]], recipe: Recipe, *, seed: int) -> list[dict[str, float]]:
+def train(stage: Stage, batches: Sequence[Sequence[dict[str, Any]]], recipe: Recipe, *,
+          seed: int) -> list[dict[str, float]]:
     """One optimizer step per batch of standard rows (``messages``, ``images``, ``extended_answers``);
-    returns per step the loss, the gradient norm before clipping and what the loss logged (``lm_loss``, ``align_loss``, ``matching_accuracy``)."""
+    returns per step the loss, the gradient norm before clipping and what the loss logged
+    (``lm_loss``, ``align_loss``, ``matching_accuracy``, ...)."""
     from transformers import get_cosine_schedule_with_warmup
 
     model, template = stage.model, stage.template

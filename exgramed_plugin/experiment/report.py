@@ -49,7 +49,8 @@ def format_tables(results: Mapping[str, Any]) -> str:
     secondary = results.get("secondary") or []
     if secondary:
         lines = ["Secondary contrasts (paired over blocks; p from the paired t-test, Holm-adjusted over this table):",
-                 "", "| contrast | endpoint | mean | 95 % CI | p | p (Holm) | blocks |", "|---|---|---|---|---|---|---|"]
+                 "", "| contrast | endpoint | mean | 95 % CI | p | p (Holm) | blocks |",
+                 "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['contrast']} | {ENDPOINTS.get(r['endpoint'], r['endpoint'])} | {_number(r['mean'])} | "
                   f"{_interval(r)} | {_number(r['p'], '.3g')} | {_number(r.get('p_holm'), '.3g')} | {r['n']} |"
                   for r in secondary]
@@ -66,9 +67,9 @@ def format_tables(results: Mapping[str, Any]) -> str:
                          + f" | {stats['primary_score']['n']} |")
     prior = results.get("question_only_prior")
     if prior:
-        lines += ["", f"Question-only prior (the most frequent downstream answer of each question text, generated-answer "
-                      f"metrics): open recall {prior['open_recall']:.2f}, closed accuracy {prior['closed_accuracy']:.2f}, "
-                      f"average {prior['average']:.2f}."]
+        lines += ["", f"Question-only prior (the most frequent downstream answer of each question text, "
+                      f"generated-answer metrics): open recall {prior['open_recall']:.2f}, closed accuracy "
+                      f"{prior['closed_accuracy']:.2f}, average {prior['average']:.2f}."]
     parts.append("\n".join(lines))
     gate = results.get("gate")
     if gate:
@@ -79,8 +80,9 @@ def format_tables(results: Mapping[str, Any]) -> str:
 def format_gate(gate: Mapping[str, Any]) -> str:
     """Every budget the gate tried, with its figures."""
     lines = ["Gate (arm none on pilot blocks: none@100 % − none@10 % on the primary endpoint; "
-             f"{gate.get('rule', '')}):", "", "| budget (changes from the default) | gap | paired SD | gap / SD | blocks "
-             "| passed |", "|---|---|---|---|---|---|"]
+             f"{gate.get('rule', '')}):", "",
+             "| budget (changes from the default) | gap | paired SD | gap / SD | blocks | passed |",
+             "|---|---|---|---|---|---|"]
     for tried in gate.get("budgets_tried", []):
         gap, sd = tried["gap"], tried["paired_sd"]
         ratio = None if gap is None or sd is None else (gap / sd if sd else math.inf)

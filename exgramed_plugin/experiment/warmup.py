@@ -81,10 +81,12 @@ class WarmupSettings:
 
 def _key(checkpoint: Path, settings: WarmupSettings) -> str:
     weights = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps({"weights": weights, **asdict(settings)}, sort_keys=True).encode()).hexdigest()[:16]
+    described = json.dumps({"weights": weights, **asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
-def warm_up_checkpoint(checkpoint: str | Path, out_dir: str | Path, settings: WarmupSettings) -> tuple[Path, dict[str, Any]]:
+def warm_up_checkpoint(checkpoint: str | Path, out_dir: str | Path,
+                       settings: WarmupSettings) -> tuple[Path, dict[str, Any]]:
     """Train the language model of ``checkpoint`` on the warm-up text (vision tower frozen; the
     projector gets no gradient from text-only rows); the result is a checkpoint in ``out_dir``,
     reused when its settings and starting weights match. Returns ``(checkpoint, report)``."""

@@ -10,7 +10,7 @@ import pytest
 from exgramed_plugin.experiment.cell import CellSpec
 from exgramed_plugin.experiment.data_efficiency import CellFailed, main, run_cells
 from exgramed_plugin.experiment.preregistration import PLACEHOLDER
-from test_preregistration import commit, plan_text, repo  # noqa: F401  (the git fixture)
+from plan_helpers import commit, plan_text, repo  # noqa: F401  (the git fixture)
 
 PASSED_GATE = {"passed": True, "budgets_tried": [{"budget": {}, "passed": True, "gap": 10.0, "paired_sd": 1.0,
                                                   "n_blocks": 4}]}

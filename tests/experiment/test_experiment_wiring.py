@@ -85,8 +85,8 @@ def test_command_line_budget_options():
     from exgramed_plugin.experiment.protocol import FULL, QUICK, budget_changes
     parse = build_parser().parse_args
     assert budget_from_args(parse(["data-efficiency", "--gate"]), FULL) == FULL
-    budget = budget_from_args(parse(["data-efficiency", "--gate", "--downstream-images", "50", "--pretrain-epochs", "9"]),
-                              FULL)
+    budget = budget_from_args(parse(["data-efficiency", "--gate", "--downstream-images", "50",
+                                     "--pretrain-epochs", "9"]), FULL)
     assert budget_changes(budget) == {"downstream_images": 50, "pretrain_epochs": 9}
     budget = budget_from_args(parse(["data-efficiency", "--quick", "--finetune-epochs", "3"]), QUICK)
     assert (budget.finetune_epochs, budget.pool_images) == (3, QUICK.pool_images)

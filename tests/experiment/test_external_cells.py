@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DATA_TEMPLATES, last_summary
 from exgramed_plugin.experiment.data_efficiency import main
-from test_preregistration import commit, plan_text, repo  # noqa: F401  (the git fixture)
+from plan_helpers import commit, plan_text, repo  # noqa: F401  (the git fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,9 @@ def test_gpu_users_cells_scored_and_analysed(repo, tmp_path, tiny_checkpoint, re
     data = tmp_path / "data"
     shutil.copytree(DATA_TEMPLATES, data)
     out = tmp_path / "cells"
-    common = ["data-efficiency", "--score-cell", "--out", str(out), "--plan", str(plan), "--model", str(tiny_checkpoint),
-              "--test", str(data / "vqa.json"), "--candidates", str(data / "candidate.json"),
-              "--finetune-data", str(data / "vqa.json")]
+    common = ["data-efficiency", "--score-cell", "--out", str(out), "--plan", str(plan),
+              "--model", str(tiny_checkpoint), "--test", str(data / "vqa.json"),
+              "--candidates", str(data / "candidate.json"), "--finetune-data", str(data / "vqa.json")]
     small, large = _subset(tmp_path / "p10.json", {"instruct-0001"}), _subset(tmp_path / "p100.json",
                                                                                {"instruct-0001", "instruct-0002"})
     for block in (0, 1):

@@ -5,44 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
 from exgramed_plugin.experiment.preregistration import (BEGIN, END, PLACEHOLDER, PlanError, committed_plan,
                                                         plan_section, plan_settings, section_at)
+from plan_helpers import commit, plan_text, repo  # noqa: F401  (the git fixture)
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "data_efficiency" / "results.json"
 PLAN_FILE = REPO_ROOT / "docs" / "experiments.md"
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def plan_text(settings: dict, note: str = "") -> str:
-    return f"{BEGIN}\n## Plan\n{note}\n```json\n{json.dumps(settings, indent=1)}\n```\n{END}\n"
-
-
-@pytest.fixture
-def repo(tmp_path):
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "config", "user.email", "t@example.org")
-    _git(tmp_path, "config", "user.name", "t")
-    return tmp_path
-
-
-def commit(repo: Path, path: Path, text: str, message: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    _git(repo, "add", str(path))
-    _git(repo, "commit", "-q", "-m", message)
-    return _git(repo, "rev-parse", "HEAD")
-
-
-def test_plan_sha256_and_commit_from_git(repo):
+def test_plan_sha256_and_commit_from_git(repo):  # noqa: F811
     docs = repo / "docs" / "experiments.md"
     commit(repo, docs, "# Experiments\n", "start")
     section = plan_text({"blocks": 12, "delta": 3.0})
@@ -55,7 +30,7 @@ def test_plan_sha256_and_commit_from_git(repo):
     assert section_at(docs, plan_commit) == section.rstrip("\n")
 
 
-def test_unfinished_uncommitted_or_edited_plans_are_refused(repo, tmp_path):
+def test_unfinished_uncommitted_or_edited_plans_are_refused(repo):  # noqa: F811
     docs = repo / "experiments.md"
     with pytest.raises(PlanError, match="no such plan file"):
         committed_plan(docs)

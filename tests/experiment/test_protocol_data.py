@@ -109,7 +109,8 @@ def test_warmup_text_holds_no_easy_vqa_question_and_no_answer_prior():
 
 def test_shared_and_block_files(tmp_path):
     from exgramed_plugin.experiment.blocks import prepare_shared
-    from exgramed_plugin.experiment.easy_vqa_data import extend_answer, file_sha256, image_labels, write_pretraining_rows
+    from exgramed_plugin.experiment.easy_vqa_data import (extend_answer, file_sha256, image_labels,
+                                                          write_pretraining_rows)
     from exgramed_plugin.experiment.protocol import QUICK
     first, second = prepare_shared(tmp_path / "a", QUICK), prepare_shared(tmp_path / "b", QUICK)
     assert first.downstream.read_bytes() == second.downstream.read_bytes()
