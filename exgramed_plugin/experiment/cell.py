@@ -100,6 +100,8 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     stage2 = load_stage(spec.checkpoint, arm_settings(spec.arm, budget.alpha), seed=spec.block,
                         train_vision_tower=budget.train_vision_tower)
     batches = stage2_batches(standard_rows(spec.pretrain), read_json(spec.pretrain_batches), spec.arm)
+    timings["load_s"] = time.perf_counter() - start  # the first load imports swift
+    start = time.perf_counter()
     stage2_log = train(stage2, batches, recipe, seed=spec.block)
     weights = {name: value for name, value in stage2.model.state_dict().items() if not name.startswith("model.mga.")}
     del stage2

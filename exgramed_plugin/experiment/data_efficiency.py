@@ -92,7 +92,7 @@ def prepare(out: Path, budget: Budget, cache: Path) -> Setup:
     """Tokenizer, stage-0 tower and warm-up (cached in ``cache``), the shared files (in ``out/data``)."""
     from ..data.tiny import make_tiny_checkpoint
     from .tokenizer import build_experiment_tokenizer
-    from .vision_pretrain import Stage0Settings, pretrain_vision_tower
+    from .vision_pretrain import Stage0Settings, pretrain_vision_tower, settings_key
     from .warmup import WarmupSettings, warm_up_checkpoint
 
     start = time.perf_counter()
@@ -103,12 +103,13 @@ def prepare(out: Path, budget: Budget, cache: Path) -> Setup:
                             downstream_images=budget.downstream_images, universe_images=budget.universe_images,
                             epochs=budget.stage0_epochs, max_train_images=budget.stage0_images,
                             heldout_images=100 if small else 300, max_test_images=200 if small else None)
-    tower, stage0_report = pretrain_vision_tower(cache / "stage0", stage0)
-    base = make_tiny_checkpoint(cache / "base", tokenizer=tokenizer, vision_tower_weights=tower,
+    cached = cache / f"stage0-{settings_key(stage0)}"  # the tower and what is built on it
+    tower, stage0_report = pretrain_vision_tower(cached / "stage0", stage0)
+    base = make_tiny_checkpoint(cached / "base", tokenizer=tokenizer, vision_tower_weights=tower,
                                 image_size=budget.image_size, patch_size=budget.patch_size,
                                 vision_hidden_size=budget.vision_hidden_size, vision_layers=budget.vision_layers,
                                 hidden_size=budget.hidden_size, num_layers=budget.num_layers, seed=0)
-    warm, warm_report = warm_up_checkpoint(base, cache / "warmup", WarmupSettings(steps=budget.warmup_steps,
+    warm, warm_report = warm_up_checkpoint(base, cached / "warmup", WarmupSettings(steps=budget.warmup_steps,
                                                                                   learning_rate=budget.learning_rate))
     shared = prepare_shared(out / "data", budget)
     report = {"stage0": stage0_report, "warmup": warm_report, "tokenizer_size": len(tokenizer), "data": shared.counts,

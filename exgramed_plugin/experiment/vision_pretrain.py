@@ -112,7 +112,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                 "heldout": 100.0 * (layer(xt).argmax(1) == test_y).float().mean().item()}
 
 
-def _key(settings: Stage0Settings) -> str:
+def settings_key(settings: Stage0Settings) -> str:
+    """A short digest of the settings: the cache key of a tower."""
     return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -138,7 +139,7 @@ def pretrain_vision_tower(out_dir: str | Path, settings: Stage0Settings = Stage0
 
     out_dir = Path(out_dir)
     report_path, tower_path = out_dir / STAGE0_FILE, out_dir / TOWER_FILE
-    key = _key(settings)
+    key = settings_key(settings)
     if not force and report_path.is_file() and tower_path.is_file():
         report = read_json(report_path)
         if report.get("key") == key:
