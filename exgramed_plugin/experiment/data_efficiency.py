@@ -48,7 +48,7 @@ from ..settings import SETTING_KEYS
 from . import analysis
 from .blocks import BlockFiles, SharedFiles, prepare_block, prepare_shared
 from .cell import CellSpec
-from .preregistration import PlanError, committed_plan
+from .preregistration import PlanError, code_version, committed_plan
 from .protocol import (ARMS, FULL, PILOT_BLOCK_BASE, PRIMARY_CONTRAST, QUICK, Budget, budget_changes, budget_key,
                        cell_name)
 from .report import cell_means, format_gate, format_tables, plot
@@ -301,7 +301,8 @@ def assemble(out: Path, cells: list[dict[str, Any]], protocol: Mapping[str, Any]
                      "finetune_data_sha256": sorted({c["finetune_data_sha256"] for c in cells}),
                      **{key: protocol.get(key) for key in ("kind", "budget", "budget_key", "cells", "blocks")}},
         "cells": cells, "gate": gate, **found, "summary": cell_means(cells), "question_only_prior": prior,
-        "setup": setup_report, "wall_s": wall_s, "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+        "setup": setup_report, "code": read_json(out / "code.json") if (out / "code.json").is_file() else None,
+        "wall_s": wall_s, "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
     }
     write_json(out / "results.json", results, indent=1)
     (out / "table.md").write_text(format_tables(results))
@@ -319,6 +320,8 @@ def _protocol(kind: str, out: Path, budget: Budget, blocks: Sequence[int], cells
 def _run(out: Path, budget: Budget, blocks: Sequence[int], cells: Mapping[float, Sequence[str]], cache: Path,
          jobs: int, protocol: dict[str, Any]) -> tuple[list[dict[str, Any]], Setup, float]:
     claim_folder(out, protocol)
+    runs = read_json(out / "code.json") if (out / "code.json").is_file() else []  # one entry per call (resumes)
+    write_json(out / "code.json", [*runs, {**(code_version(PACKAGE_DIR) or {}), "started": time.time()}], indent=1)
     started = time.perf_counter()
     setup = prepare(out, budget, cache)
     files = prepare_blocks(out, setup, budget, blocks, sorted(cells))

@@ -78,6 +78,17 @@ def section_at(path: str | Path, commit: str) -> str | None:
         return None
 
 
+def code_version(path: str | Path) -> dict[str, Any] | None:
+    """The commit the code under ``path`` runs on, and whether the working tree differs from it
+    (None outside a git checkout): what a run records, so that its numbers name their code."""
+    try:
+        commit = _git(Path(path), "rev-parse", "HEAD").strip()
+        dirty = bool(_git(Path(path), "status", "--porcelain", "--untracked-files=no").strip())
+    except PlanError:
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 @dataclass(frozen=True)
 class Plan:
     settings: dict[str, Any]

@@ -49,6 +49,7 @@ def test_quick_run_writes_the_output_contract(tmp_path):
     assert {"contrast", "mean", "ci95", "n_blocks", "verdict"} <= set(results["primary"])
     assert results["primary"]["n_blocks"] == 1 and results["primary"]["verdict"] == "inconclusive"
     assert isinstance(results["secondary"], list) and results["gate"] is None
+    assert len(results["code"]) == 1 and len(results["code"][0].get("commit", "x" * 40)) == 40  # the commit it ran on
     table = (out / "table.md").read_text()
     for arm in ("none", "mga", "lm-long"):
         assert f"| 10 % | {arm} |" in table
