@@ -48,6 +48,7 @@ from ..settings import SETTING_KEYS
 from . import analysis
 from .blocks import BlockFiles, SharedFiles, prepare_block, prepare_shared
 from .cell import CellSpec
+from .external import SCORE_CELL_OPTIONS, add_score_cell_arguments
 from .preregistration import PlanError, code_version, committed_plan
 from .protocol import (ARMS, FULL, PILOT_BLOCK_BASE, PRIMARY_CONTRAST, QUICK, Budget, budget_changes, budget_key,
                        cell_name)
@@ -557,33 +558,54 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--score-cell", action="store_true",
                        help="score one checkpoint as a cell of --out (GPU users' runs; docs/experiments.md)")
     de.add_argument("--out", type=Path, default=Path("exgramed_experiment"), help="output folder")
-    de.add_argument("--plan", type=Path, default=DEFAULT_PLAN, help="the file holding the preregistered plan")
+    de.add_argument("--plan", type=Path, default=None,
+                    help=f"the file holding the preregistered plan (grid, --score-cell; default {DEFAULT_PLAN})")
     de.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="stage-0 tower and warm-up cache")
     de.add_argument("--jobs", type=int, default=1, help="cells at a time, each with cpu_count/jobs threads")
     de.add_argument("--blocks", type=int, default=None, help="grid: must equal the plan's block count")
-    de.add_argument("--pilot-blocks", type=int, default=DEFAULT_PILOT_BLOCKS, help="--gate: pilot blocks")
+    de.add_argument("--pilot-blocks", type=int, default=None,
+                    help=f"--gate: pilot blocks (default {DEFAULT_PILOT_BLOCKS})")
     de.add_argument("--fractions", type=float, nargs="+", default=None,
                     help="pre-training fractions (nested prefixes, increasing, ending with 1.0)")
     de.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="--plan-numbers: arms to time")
-    de.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="--plan-numbers: smallest effect of interest")
+    de.add_argument("--delta", type=float, default=None,
+                    help=f"--plan-numbers: smallest effect of interest, points (default {DEFAULT_DELTA:g})")
     for name, kind in BUDGET_OPTIONS.items():
         de.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                         help=f"budget (--gate / --quick): {name.replace('_', ' ')}")
-    from .external import add_score_cell_arguments
     add_score_cell_arguments(de)
     return parser
 
 
-def _refuse_misplaced(args: argparse.Namespace) -> None:
-    grid = not (args.gate or args.plan_numbers or args.quick or args.summarize_only or args.score_cell)
-    given = [f"--{name.replace('_', '-')}" for name in BUDGET_OPTIONS if getattr(args, name) is not None]
-    if given and not (args.gate or args.quick):
-        raise ExperimentError(f"{', '.join(given)}: budget options apply to --gate and --quick; "
-                              f"{'the grid takes its budget from the plan' if grid else 'not to this mode'}")
+def _mode(args: argparse.Namespace) -> str:
+    return next((mode for mode in MODES if getattr(args, mode)), "grid")
+
+
+MODES = ("gate", "plan_numbers", "quick", "summarize_only", "score_cell")
+# options (their default None) and the modes they belong to; given in another mode they are refused
+OPTION_MODES = {"blocks": ("grid",), "pilot_blocks": ("gate",), "arms": ("plan_numbers",),
+                "delta": ("plan_numbers",), "fractions": ("grid", "quick"), "plan": ("grid", "score_cell"),
+                **{name: ("gate", "quick") for name in BUDGET_OPTIONS},
+                **{name: ("score_cell",) for name in SCORE_CELL_OPTIONS}}
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse an option given in a mode it does not belong to, then fill the defaults."""
+    mode = _mode(args)
+    for name, modes in OPTION_MODES.items():
+        if getattr(args, name) is not None and mode not in modes:
+            where = " or ".join("the grid" if m == "grid" else f"--{m.replace('_', '-')}" for m in modes)
+            hint = "; the grid takes its budget from the plan" if mode == "grid" and name in BUDGET_OPTIONS else ""
+            raise ExperimentError(f"--{name.replace('_', '-')}: applies to {where} only{hint}")
     if args.jobs < 1:
         raise ExperimentError(f"--jobs {args.jobs}: must be >= 1")
+    args.pilot_blocks = DEFAULT_PILOT_BLOCKS if args.pilot_blocks is None else args.pilot_blocks
     if args.pilot_blocks < 2:
         raise ExperimentError(f"--pilot-blocks {args.pilot_blocks}: the gate's SD needs >= 2 blocks")
+    args.delta = DEFAULT_DELTA if args.delta is None else args.delta
+    if args.delta <= 0:
+        raise ExperimentError(f"--delta {args.delta}: the smallest effect of interest must be > 0")
+    args.plan = DEFAULT_PLAN if args.plan is None else args.plan
     if args.fractions is not None:
         check_fractions(args.fractions)
 
@@ -594,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out = args.out.resolve()
     try:
-        _refuse_misplaced(args)
+        _check_options(args)
         if args.plan_numbers:
             numbers = plan_numbers(args)
             print(_format_plan_numbers(numbers))

@@ -38,6 +38,7 @@ def add_score_cell_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 REQUIRED = ("model", "test", "candidates", "finetune_data", "block", "fraction", "arm")
+SCORE_CELL_OPTIONS = (*REQUIRED, "zero_shot_model", "model_type", "template", "pretrain_data")
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -58,6 +58,14 @@ def test_the_grid_needs_a_finished_committed_plan(capsys, repo, tmp_path):  # no
     assert not (tmp_path / "o").exists()  # nothing was prepared
 
 
+def test_options_of_another_mode_are_refused(capsys, tmp_path):
+    refused(capsys, ["--quick", "--out", str(tmp_path), "--blocks", "3"], "--blocks: applies to the grid only")
+    refused(capsys, ["--quick", "--out", str(tmp_path), "--model", "x"], "--model: applies to --score-cell only")
+    refused(capsys, ["--out", str(tmp_path), "--delta", "2"], "--delta: applies to --plan-numbers only")
+    refused(capsys, ["--gate", "--out", str(tmp_path), "--fractions", "0.5", "1.0"], "--fractions: applies to")
+    refused(capsys, ["--plan-numbers", "--out", str(tmp_path), "--delta", "0"], "--delta 0")
+
+
 def test_an_output_folder_of_another_protocol_is_refused(capsys, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
