@@ -94,7 +94,7 @@ DELEGATED_COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-chat": ("exgramed_plugin.eval.chat_judge", "main",
                   "LLaVA-Med chatbot eval with an OpenAI-compatible judge (relative score per type/domain)"),
     "experiment": ("exgramed_plugin.experiment.data_efficiency", "main",
-                   "CPU miniature of the paper's data-efficiency claim on easy-vqa (data-efficiency [--quick])"),
+                   "the paper's data-efficiency protocol on easy-vqa, preregistered (data-efficiency [--quick ...])"),
     "extend-captions": ("exgramed_plugin.data.extend_captions", "main",
                         "extended answers (conversations_long) from an OpenAI-compatible LLM; resumable"),
     "webui": ("exgramed_plugin.webui", "main",

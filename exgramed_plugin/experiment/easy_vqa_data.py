@@ -1,37 +1,28 @@
-"""easy-vqa (PyPI ``easy-vqa``, MIT) as ExGra-Med VQA + alignment files.
+"""easy-vqa (PyPI ``easy-vqa``, MIT) as the data of the data-efficiency miniature.
 
 easy-vqa: 4,000 train / 1,000 test 64x64 images, each one coloured shape (3 shapes, 8 colours) on a
 white background; 38,575 / 9,673 questions from 24 templates, answers ``yes``/``no``, a colour or a
-shape. Here:
+shape. The protocol (docs/experiments.md) needs four disjoint sets of images:
 
+* :func:`partition_train_images` splits the train images once (``data_seed``): the **downstream**
+  images (their VQA rows are the one fine-tuning file of every cell), the **pre-training universe**
+  (every block draws its pool from it) and the rest, which the stage-0 vision tower may train on;
+  the **test** images are easy-vqa's test split.
+* :func:`block_pool`: a block's pool, drawn from the universe with the block's seed;
+  :func:`nested_subsets`: its 10 / 40 / 100 % subsets as prefixes, so 10 % is inside 40 %.
+* Pre-training rows (LLaVA-Med instruct format, stage 2): one row per image with its first
+  ``ALIGNMENT_TURNS`` questions (file order) as turns; ``conversations_long`` holds the extended
+  answers of :func:`extend_answer`, written from the question and answer alone (the paper's rule,
+  docs/method.md §4.2: rephrase, add context, never an image fact the answer lacks).
 * VQA rows (``*_w_options_new.json`` format): yes/no questions are ``CLOSED`` with the released
   option text ``' (Answer with either "Yes" or "No").'``; colour and shape questions are ``OPEN``.
-* Alignment rows (LLaVA-Med instruct format, stage 2): one row per image with its first
-  ``ALIGNMENT_TURNS`` questions (file order) as turns; ``conversations_long`` holds the extended
-  answers of :func:`extend_answer`, a deterministic rewriting of each (question, answer) pair.
-* Fractions are of a *pool* of training **images** (each with all its questions): the first
-  ``pool_images`` of one permutation drawn with ``data_seed`` (all 4,000 when ``None``); a fraction
-  is a prefix of the pool, so the 10 % images are inside the 40 % ones.
-* The test set (``test_per_answer`` set): **balanced** per question text, so that the question
-  text alone cannot answer it: every yes/no question text with ``test_per_answer`` "yes" and as many
-  "no" items, every open question text with ``test_per_answer`` items per possible answer (each
-  colour for colour questions, each shape for shape questions). The question-only prior is then
-  chance: 50 % closed, 1/8 or 1/3 open. Without it: ``n_open`` OPEN + ``n_closed`` CLOSED questions
-  drawn at random (the first version of the miniature; its closed questions are ~85 % "no").
-* ``balance_closed`` (training rows only; off by default): easy-vqa's yes/no answers are ~83 % one
-  way per question text ("is there a red shape?" is "yes" for 1 image in 8; negated texts the other
-  way), so answering from the text alone is a deep local optimum. With it, every yes/no question
-  text of a fraction gets as many "yes" as "no" rows: the rows of the rarer answer are repeated
-  (cyclically, in file order; the repeats carry the id suffix ``-rN``), no row is dropped; texts
-  with only one answer in the fraction stay as they are.
-* ``image_first`` (off by default): VQA rows (train and test) as ``<image>\\n{question}{options}``,
-  the order of the alignment rows, instead of the released ``{question}{options}\\n<image>``. The
-  idea: the named colour / shape word can then attend to the image tokens itself (a match is a
-  large attention score) instead of the answer position comparing two fetched vectors.
-  Neither option made the yes/no answers depend on the image in the pilots (closed accuracy
-  45-51 %, see :mod:`.data_efficiency`); they stay as switches for further work.
-* :func:`image_labels` reads each image's shape and colour off its questions (for the stage-0
-  vision pre-training of :mod:`.vision_pretrain`, on train images outside the pool).
+* Test items (:func:`test_indices`): open items, up to ``per_answer`` per (question text, answer)
+  for every answer the text can have (each colour for colour questions, each shape for shape
+  questions; all of them where the test split has fewer), so the question text alone cannot answer
+  them; closed items, exactly ``per_answer`` "yes" and as many "no" per yes/no question text.
+  :func:`answer_options` names the candidates a question's likelihood ranking scores.
+* :func:`image_labels` reads each image's shape and colour off its questions: the stage-0 labels
+  and the *description* of a pre-training row (no two rows of a batch share one, batches.py).
 
 Image paths in the JSON files are absolute paths into the installed ``easy_vqa`` package (nothing is
 copied).
@@ -39,8 +30,10 @@ copied).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,26 +92,6 @@ def extend_answer(question: str, answer: str) -> str:
     raise ValueError(f"no extended-answer rule for question {question!r} with answer {answer!r}")
 
 
-@dataclass(frozen=True)
-class EasyVqaFiles:
-    """Paths of one prepared fraction plus the shared test files."""
-
-    alignment: Path
-    vqa_train: Path
-    num_images: int
-    num_questions: int
-    num_rows: int = 0  # VQA training rows written: num_questions plus the repeats of ``balance_closed``
-
-
-@dataclass(frozen=True)
-class EasyVqaData:
-    root: Path
-    fractions: dict[float, EasyVqaFiles]
-    vqa_test: Path
-    candidates: Path
-    counts: dict[str, Any]
-
-
 def _package_dir() -> Path:
     try:
         import easy_vqa
@@ -140,10 +113,10 @@ def _image(split: str, image_id: int) -> str:
     return str(path)
 
 
-def _vqa_row(row_id: str, image: str, question: str, answer: str, image_first: bool = False) -> dict[str, Any]:
+def _vqa_row(row_id: str, image: str, question: str, answer: str) -> dict[str, Any]:
     closed = answer in ("yes", "no")
     options = YES_NO_OPTIONS if closed else ""
-    human = f"<image>\n{question}{options}" if image_first else f"{question}{options}\n<image>"
+    human = f"{question}{options}\n<image>"
     return {"id": row_id, "image": image, "answer_type": "CLOSED" if closed else "OPEN",
             "conversations": [{"from": "human", "value": human},
                               {"from": "gpt", "value": answer}]}
@@ -159,9 +132,16 @@ def _alignment_row(image_id: int, image: str, qas: list[tuple[str, str]]) -> dic
             "conversations_long": conversations_long}
 
 
-def _write(path: Path, obj: Any) -> None:
+def _write(path: Path, obj: Any) -> str:
+    """Write ``obj`` as JSON; returns the file's sha256 (what the cells record)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj, indent=1)
+    return file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def image_labels(split: str) -> dict[int, tuple[str, str]]:
@@ -215,139 +195,116 @@ def image_labels(split: str) -> dict[int, tuple[str, str]]:
     return {i: (shape[i], color[i]) for i in sorted(image_ids) if i in shape and i in color}
 
 
-def pool_order(data_seed: int = 0) -> list[int]:
-    """All train image ids in the seeded order whose prefix is the experiment's pool."""
+
+
+def answer_options(question: str) -> tuple[str, ...]:
+    """Every answer a question text can have: yes/no, the 8 colours or the 3 shapes."""
+    q = question.strip().lower()
+    if _PRESENCE.match(q):
+        return ("yes", "no")
+    if _COLOR_OF.match(q):
+        return COLORS
+    if _SHAPE_OF_COLOR.match(q) or _SHAPE.match(q):
+        return SHAPES
+    raise ValueError(f"no answer kind for question {question!r}")
+
+
+@dataclass(frozen=True)
+class ImagePartition:
+    """Train image ids, disjoint: the downstream (fine-tuning) set, the pre-training universe, the rest."""
+
+    downstream: tuple[int, ...]
+    universe: tuple[int, ...]
+    rest: tuple[int, ...]
+
+
+def partition_train_images(downstream_images: int, universe_images: int, data_seed: int = 0) -> ImagePartition:
+    """Split the labelled train images (one permutation drawn with ``data_seed``): the first
+    ``downstream_images`` are the downstream set, the next ``universe_images`` the pre-training
+    universe; every other train image (labelled or not) is in ``rest``."""
+    labels = image_labels("train")
     image_ids = sorted({image_id for _, _, image_id in _questions("train")})
-    return [image_ids[i] for i in np.random.default_rng(data_seed).permutation(len(image_ids))]
+    order = [image_ids[i] for i in np.random.default_rng(data_seed).permutation(len(image_ids))]
+    labelled = [image_id for image_id in order if image_id in labels]
+    if downstream_images + universe_images > len(labelled):
+        raise ValueError(f"downstream ({downstream_images}) + pre-training universe ({universe_images}) images "
+                         f"exceed the {len(labelled)} labelled easy-vqa train images")
+    downstream = tuple(labelled[:downstream_images])
+    universe = tuple(labelled[downstream_images:downstream_images + universe_images])
+    taken = set(downstream) | set(universe)
+    return ImagePartition(downstream, universe, tuple(i for i in image_ids if i not in taken))
 
 
-def non_pool_images(pool_images: int | None, data_seed: int = 0) -> list[int]:
-    """Train image ids outside the pool (stage 0 may use them; no stage-2 or VQA row does)."""
-    order = pool_order(data_seed)
-    return [] if pool_images is None else sorted(order[pool_images:])
+def block_pool(universe: Sequence[int], pool_images: int, block: int, data_seed: int = 0) -> list[int]:
+    """The pool of one block: ``pool_images`` universe images in an order drawn with (``data_seed``, block)."""
+    if pool_images > len(universe):
+        raise ValueError(f"a pool of {pool_images} images does not fit in a universe of {len(universe)}")
+    rng = np.random.default_rng([data_seed, block])
+    return [universe[i] for i in rng.permutation(len(universe))[:pool_images]]
 
 
-def balanced_test_indices(test: list[tuple[str, str, int]], per_answer: int, seed: int) -> list[int]:
-    """Indices into ``test``: for every question text ``per_answer`` items per possible answer.
+def nested_subsets(pool: Sequence[int], fractions: Sequence[float]) -> dict[float, list[int]]:
+    """``{fraction: the first round(fraction x pool) images}``: prefixes, so every subset holds the smaller ones."""
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction {fraction} is not in (0, 1]")
+    return {fraction: list(pool[:max(1, round(fraction * len(pool)))]) for fraction in fractions}
 
-    Possible answers: yes/no for yes/no questions, the 8 colours for colour questions, the 3
-    shapes for shape questions. Images are drawn without replacement per (text, answer); raises
-    if a (text, answer) has fewer than ``per_answer`` test items.
-    """
+
+def _questions_by_image(split: str) -> dict[int, list[tuple[str, str]]]:
+    by_image: dict[int, list[tuple[str, str]]] = {}
+    for question, answer, image_id in _questions(split):
+        by_image.setdefault(image_id, []).append((question, answer))
+    return by_image
+
+
+def write_pretraining_rows(path: Path, image_ids: Sequence[int]) -> tuple[list[tuple[str, str]], str]:
+    """The stage-2 rows of ``image_ids`` (in order) at ``path``; returns each row's description
+    (shape, colour) and the file's sha256."""
+    by_image = _questions_by_image("train")
+    labels = image_labels("train")
+    rows = [_alignment_row(image_id, _image("train", image_id), by_image[image_id]) for image_id in image_ids]
+    return [labels[image_id] for image_id in image_ids], _write(path, rows)
+
+
+def write_vqa_rows(path: Path, image_ids: Sequence[int]) -> str:
+    """VQA rows of every question of ``image_ids`` (in order) at ``path``; returns the file's sha256."""
+    by_image = _questions_by_image("train")
+    rows = [_vqa_row(f"train-{image_id:04d}-{k:02d}", _image("train", image_id), question, answer)
+            for image_id in image_ids for k, (question, answer) in enumerate(by_image[image_id])]
+    return _write(path, rows)
+
+
+def test_indices(test: list[tuple[str, str, int]], per_answer: int, *, closed: bool, seed: int) -> list[int]:
+    """Indices into ``test`` (see the module doc). Closed: exactly ``per_answer`` "yes" and "no" per
+    yes/no text (raises where the split has fewer); open: up to ``per_answer`` per (text, answer)
+    for every possible answer. Items are drawn without replacement with ``seed``."""
     rng = np.random.default_rng(seed)
     by_text: dict[str, dict[str, list[int]]] = {}
     for index, (question, answer, _) in enumerate(test):
-        by_text.setdefault(question, {}).setdefault(answer, []).append(index)
+        if (answer in ("yes", "no")) == closed:
+            by_text.setdefault(question, {}).setdefault(answer, []).append(index)
     picked: list[int] = []
     for question in sorted(by_text):
         answers = by_text[question]
-        if set(answers) <= {"yes", "no"}:
-            possible: tuple[str, ...] = ("yes", "no")
-        elif set(answers) <= set(COLORS):
-            possible = COLORS
-        elif set(answers) <= set(SHAPES):
-            possible = SHAPES
-        else:
-            raise ValueError(f"question {question!r} mixes answer kinds: {sorted(answers)}")
-        for answer in possible:
+        for answer in answer_options(question):
             items = answers.get(answer, [])
-            if len(items) < per_answer:
+            if closed and len(items) < per_answer:
                 raise ValueError(f"question {question!r} has {len(items)} test item(s) with answer {answer!r}; "
-                                 f"the balanced test set needs {per_answer}")
-            picked += rng.choice(items, size=per_answer, replace=False).tolist()
+                                 f"the closed test set needs {per_answer}")
+            take = min(per_answer, len(items))
+            picked += rng.choice(items, size=take, replace=False).tolist() if take else []
     return sorted(picked)
 
 
-def _question_text(row: dict[str, Any]) -> str:
-    return row["conversations"][0]["value"]
-
-
-def balance_closed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` plus repeats of yes/no rows so that every closed question text has as many "yes" as
-    "no" rows (the rarer answer's rows repeated cyclically in order, ids suffixed ``-r1``, ``-r2``, ...).
-
-    Open rows and texts with a single answer are left alone; the repeats follow the originals.
-    """
-    by_text: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for row in rows:
-        if row["answer_type"] == "CLOSED":
-            by_text.setdefault(_question_text(row), {}).setdefault(row["conversations"][1]["value"], []).append(row)
-    extra: list[dict[str, Any]] = []
-    for text in sorted(by_text):
-        answers = by_text[text]
-        if len(answers) < 2:
-            continue
-        most = max(len(items) for items in answers.values())
-        for answer in sorted(answers):
-            items = answers[answer]
-            for k in range(most - len(items)):
-                original = items[k % len(items)]
-                extra.append({**original, "id": f"{original['id']}-r{k // len(items) + 1}"})
-    return rows + extra
-
-
-def prepare_easy_vqa(out_dir: str | Path, fractions: tuple[float, ...] = (0.1, 0.4, 1.0), *, n_open: int = 100,
-                     n_closed: int = 100, data_seed: int = 0, pool_images: int | None = None,
-                     test_per_answer: int | None = None, balance_closed: bool = False,
-                     image_first: bool = False) -> EasyVqaData:
-    """Write the alignment / VQA-train file of each fraction, the test subset and ``candidate.json``.
-
-    ``test_per_answer``: the balanced test set (see the module doc); ``None``: ``n_open`` +
-    ``n_closed`` random test questions. ``balance_closed``: repeat the rarer answer's yes/no training rows
-    of each question text until both answers have as many rows (see the module doc). ``image_first``: the
-    VQA rows (train and test) put ``<image>`` before the question, as the alignment rows do (see the
-    module doc); else after it, as the released ``*_w_options_new.json`` files do.
-    """
-    root = Path(out_dir).resolve()
-    rng = np.random.default_rng(data_seed)
-    train = _questions("train")
-    by_image: dict[int, list[tuple[str, str]]] = {}
-    for question, answer, image_id in train:
-        by_image.setdefault(image_id, []).append((question, answer))
-    image_ids = sorted(by_image)
-    order = [image_ids[i] for i in rng.permutation(len(image_ids))][:pool_images]
-    files: dict[float, EasyVqaFiles] = {}
-    for fraction in fractions:
-        chosen = order[:max(1, round(fraction * len(order)))]
-        vqa_rows, alignment_rows = [], []
-        for image_id in chosen:
-            image = _image("train", image_id)
-            alignment_rows.append(_alignment_row(image_id, image, by_image[image_id]))
-            for k, (question, answer) in enumerate(by_image[image_id]):
-                vqa_rows.append(_vqa_row(f"train-{image_id:04d}-{k:02d}", image, question, answer, image_first))
-        num_questions = len(vqa_rows)
-        if balance_closed:
-            vqa_rows = balance_closed_rows(vqa_rows)
-        tag = f"{round(fraction * 100):03d}"
-        entry = EasyVqaFiles(root / f"alignment_{tag}.json", root / f"train_{tag}_w_options_new.json",
-                             len(chosen), num_questions, len(vqa_rows))
-        _write(entry.alignment, alignment_rows)
-        _write(entry.vqa_train, vqa_rows)
-        files[fraction] = entry
-
+def write_test_rows(path: Path, per_answer: int, *, closed: bool, seed: int = 0) -> int:
+    """The open or closed test items of :func:`test_indices` as VQA rows at ``path``; returns their count."""
     test = _questions("test")
-    if test_per_answer is not None:
-        picked = balanced_test_indices(test, test_per_answer, seed=data_seed)
-    else:
-        open_idx = [i for i, (_, a, _) in enumerate(test) if a not in ("yes", "no")]
-        closed_idx = [i for i, (_, a, _) in enumerate(test) if a in ("yes", "no")]
-        picked = sorted([*rng.choice(open_idx, size=min(n_open, len(open_idx)), replace=False).tolist(),
-                         *rng.choice(closed_idx, size=min(n_closed, len(closed_idx)), replace=False).tolist()])
-    test_rows = [_vqa_row(f"test-{i:05d}", _image("test", test[i][2]), test[i][0], test[i][1], image_first)
-                 for i in picked]
-    vqa_test = root / "test_w_options_new.json"
-    _write(vqa_test, test_rows)
-    candidates = root / "candidate.json"
-    _write(candidates, {"0": sorted({*COLORS, *SHAPES})})
-    counts = {"train_images": len(image_ids), "pool_images": len(order), "train_questions": len(train),
-              "test_questions_total": len(test), "balance_closed": balance_closed,
-              "image_first": image_first,
-              "test_set": "balanced" if test_per_answer is not None else "random",
-              "test_per_answer": test_per_answer, "test_images": len({test[i][2] for i in picked}),
-              "test_open": sum(r["answer_type"] == "OPEN" for r in test_rows),
-              "test_closed": sum(r["answer_type"] == "CLOSED" for r in test_rows),
-              "fractions": {str(f): {"images": e.num_images, "questions": e.num_questions, "vqa_rows": e.num_rows}
-                            for f, e in files.items()}}
-    _write(root / "counts.json", counts)
-    logger.info("easy-vqa prepared in %s: %s", root, counts)
-    return EasyVqaData(root, files, vqa_test, candidates, counts)
+    picked = test_indices(test, per_answer, closed=closed, seed=seed)
+    _write(path, [_vqa_row(f"test-{i:05d}", _image("test", test[i][2]), test[i][0], test[i][1]) for i in picked])
+    return len(picked)
+
+
+def write_candidates(path: Path) -> None:
+    """``candidate.json`` of ``eval-vqa``: every open answer."""
+    _write(path, {"0": sorted({*COLORS, *SHAPES})})

@@ -17,7 +17,8 @@ on and shrinks only the vocabulary:
 The BPE is trained with the ``tokenizers`` library on :func:`experiment_corpus`: the ``exgra_med``
 template's fixed text (system prompt, ``### Human:`` / ``### Assistant:``, the §2.3 few-shot turn),
 every easy-vqa question with and without the yes/no option text, every answer and every extended
-answer. Words are learned whole (a pre-tokenizer that splits at ``▁`` during training), so the
+answer, and the text-only warm-up's turns (:mod:`.warmup`). Words are learned whole (a
+pre-tokenizer that splits at ``▁`` during training), so the
 vocabulary stops growing once every word of the corpus is one token (a few hundred tokens).
 """
 
@@ -40,8 +41,10 @@ DEFAULT_VOCAB_SIZE = 1000
 
 
 def experiment_corpus() -> list[str]:
-    """Every text the miniature tokenizes: template text + easy-vqa questions, answers, extended answers."""
+    """Every text the miniature tokenizes: template text, easy-vqa questions, answers, extended answers
+    and the warm-up turns."""
     from .easy_vqa_data import YES_NO_OPTIONS, _questions, extend_answer
+    from .warmup import warmup_turns
 
     texts = [SYSTEM_PROMPT, f"{SEPARATOR} Human: ", f"{SEPARATOR} Assistant: ", f"\n{SEPARATOR} ",
              SIMPLE_FEW_SHOT, "Assistant:", "Human:"]
@@ -53,6 +56,7 @@ def experiment_corpus() -> list[str]:
             seen.add((question, answer))
             options = YES_NO_OPTIONS if answer in ("yes", "no") else ""
             texts += [question, question + options, answer, extend_answer(question, answer)]
+    texts += sorted({text for turn in warmup_turns() for text in turn})
     return texts
 
 

@@ -4,8 +4,9 @@ The paper's models start from a pre-trained CLIP (LLaVA-Med from LLaVA); a rando
 language model features it cannot learn to read in a few hundred steps (the first miniature's
 models never looked at the image). Stage 0 trains the tower the checkpoint will carry (the same
 ``CLIPVisionConfig``, the same ``CLIPImageProcessor`` preprocessing) as a shape (3-way) + colour
-(8-way) classifier on easy-vqa **train images outside the experiment's pool** (labels read off
-their questions, :func:`.easy_vqa_data.image_labels`; no stage-2 or VQA row uses these images).
+(8-way) classifier on easy-vqa **train images that are neither downstream nor pre-training images**
+(labels read off their questions, :func:`.easy_vqa_data.image_labels`; no stage-2 or VQA row uses
+these images, :func:`.easy_vqa_data.partition_train_images`).
 The classifier heads sit on what the language model is given: the mean over patches of
 ``hidden_states[mm_vision_select_layer]`` (CLS dropped), so the features the projector sees are the
 trained ones. The heads are then dropped; every arm and seed gets the same frozen tower
@@ -36,7 +37,7 @@ from torch import nn
 from ..data.jsonio import read_json, write_json
 from ..data.tiny import tiny_vision_config
 from ..modeling.clip_common import build_clip_image_processor
-from .easy_vqa_data import COLORS, SHAPES, _image, image_labels, non_pool_images
+from .easy_vqa_data import COLORS, SHAPES, _image, image_labels, partition_train_images
 
 logger = logging.getLogger(__name__)
 STAGE0_FILE = "stage0.json"
@@ -52,7 +53,8 @@ class Stage0Settings:
     vision_hidden_size: int = 64
     vision_layers: int = 3
     select_layer: int = -2
-    pool_images: int = 400
+    downstream_images: int = 100
+    universe_images: int = 1200
     data_seed: int = 0
     heldout_images: int = 500
     max_train_images: int | None = None
@@ -110,7 +112,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                 "heldout": 100.0 * (layer(xt).argmax(1) == test_y).float().mean().item()}
 
 
-def _key(settings: Stage0Settings) -> str:
+def settings_key(settings: Stage0Settings) -> str:
+    """A short digest of the settings: the cache key of a tower."""
     return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -136,7 +139,7 @@ def pretrain_vision_tower(out_dir: str | Path, settings: Stage0Settings = Stage0
 
     out_dir = Path(out_dir)
     report_path, tower_path = out_dir / STAGE0_FILE, out_dir / TOWER_FILE
-    key = _key(settings)
+    key = settings_key(settings)
     if not force and report_path.is_file() and tower_path.is_file():
         report = read_json(report_path)
         if report.get("key") == key:
@@ -145,7 +148,8 @@ def pretrain_vision_tower(out_dir: str | Path, settings: Stage0Settings = Stage0
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = image_labels("train")
-    candidates = [i for i in non_pool_images(settings.pool_images, settings.data_seed) if i in labels]
+    rest = partition_train_images(settings.downstream_images, settings.universe_images, settings.data_seed).rest
+    candidates = [i for i in rest if i in labels]
     rng = np.random.default_rng(settings.seed)
     candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     heldout_ids = sorted(candidates[:settings.heldout_images])

@@ -1,8 +1,6 @@
-"""The alignment-objective switch in the model and the easy-vqa preparation of the experiment."""
+"""The alignment-objective switch in the model, the extended answers and the experiment's arms and options."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -82,55 +80,24 @@ def test_every_easy_vqa_question_has_a_rule():
             extend_answer(question, answer)
 
 
-def test_prepare_writes_nested_fractions(tmp_path):
-    from exgramed_plugin.experiment.easy_vqa_data import prepare_easy_vqa
-    data = prepare_easy_vqa(tmp_path, (0.1, 0.5, 1.0), n_open=5, n_closed=7, pool_images=40)
-    ids = {f: {row["id"] for row in json.loads(e.alignment.read_text())} for f, e in data.fractions.items()}
-    assert [len(ids[f]) for f in (0.1, 0.5, 1.0)] == [4, 20, 40]
-    assert ids[0.1] < ids[0.5] < ids[1.0]
-    test = json.loads(data.vqa_test.read_text())
-    assert sum(r["answer_type"] == "OPEN" for r in test) == 5 and sum(r["answer_type"] == "CLOSED" for r in test) == 7
-    for row in test:
-        closed = row["conversations"][1]["value"] in ("yes", "no")
-        assert row["conversations"][0]["value"].endswith(' (Answer with either "Yes" or "No").\n<image>') == closed
-    row = json.loads(data.fractions[0.1].alignment.read_text())[0]
-    assert len(row["conversations"]) == len(row["conversations_long"]) <= 8
-
-
-def test_command_line_overrides_the_budget():
-    from exgramed_plugin.experiment.data_efficiency import FULL, QUICK, budget_from_args, build_parser
+def test_command_line_budget_options():
+    from exgramed_plugin.experiment.data_efficiency import budget_from_args, build_parser
+    from exgramed_plugin.experiment.protocol import FULL, QUICK, budget_changes
     parse = build_parser().parse_args
-    assert budget_from_args(parse(["data-efficiency"])) == FULL
-    budget = budget_from_args(parse(["data-efficiency", "--finetune-steps", "1000", "--train-vision-tower"]))
-    assert (budget.stage2_steps, budget.finetune_steps, budget.train_vision_tower) == (FULL.stage2_steps, 1000, True)
-    budget = budget_from_args(parse(["data-efficiency", "--quick", "--stage2-steps", "3"]))
-    assert (budget.stage2_steps, budget.finetune_steps, budget.test_per_answer) == (3, QUICK.finetune_steps,
-                                                                                   QUICK.test_per_answer)
-    budget = budget_from_args(parse(["data-efficiency", "--batch-size", "16", "--learning-rate", "1e-3",
-                                     "--pool-images", "200", "--random-vision-tower", "--llama-tokenizer"]))
-    assert (budget.stage2_batch, budget.finetune_batch, budget.learning_rate, budget.pool_images) == (16, 16, 1e-3, 200)
-    assert budget.pretrained_vision is False and budget.small_tokenizer is False
-    assert FULL.pretrained_vision and FULL.small_tokenizer and not FULL.train_vision_tower
-    budget = budget_from_args(parse(["data-efficiency", "--balance-closed", "--image-first"]))
-    assert budget.balance_closed and budget.image_first
-    assert budget == FULL.__class__(**{**FULL.__dict__, "balance_closed": True, "image_first": True})
+    assert budget_from_args(parse(["data-efficiency", "--gate"]), FULL) == FULL
+    budget = budget_from_args(parse(["data-efficiency", "--gate", "--downstream-images", "50",
+                                     "--pretrain-epochs", "9"]), FULL)
+    assert budget_changes(budget) == {"downstream_images": 50, "pretrain_epochs": 9}
+    budget = budget_from_args(parse(["data-efficiency", "--quick", "--finetune-epochs", "3"]), QUICK)
+    assert (budget.finetune_epochs, budget.pool_images) == (3, QUICK.pool_images)
 
 
 def test_every_arm_has_its_stage2_settings():
-    from exgramed_plugin.experiment.data_efficiency import ARMS, arm_settings
+    from exgramed_plugin.experiment.protocol import ARMS, arm_settings
     from exgramed_plugin.settings import OBJECTIVES
-    assert ARMS == ("none", "infonce", "siglip", "mga")
-    assert arm_settings("none") == {"mga_alpha": 0}
-    for arm in ARMS[1:]:
-        assert arm in OBJECTIVES and arm_settings(arm) == {"mga_alpha": 1.0, "mga_objective": arm}
+    assert ARMS == ("none", "mga", "lm-long", "infonce", "siglip")
+    assert arm_settings("none", 1.0) == arm_settings("lm-long", 1.0) == {"mga_alpha": 0}
+    for arm in ("mga", "infonce", "siglip"):
+        assert arm in OBJECTIVES and arm_settings(arm, 0.5) == {"mga_alpha": 0.5, "mga_objective": arm}
     with pytest.raises(ValueError):
-        arm_settings("clip")
-
-
-@pytest.mark.parametrize("train_tower, freeze_vit", [(False, "true"), (True, "false")])
-def test_vision_tower_switch_reaches_swift(train_tower, freeze_vit):
-    from dataclasses import replace
-
-    from exgramed_plugin.experiment.data_efficiency import FULL, _common_sft_args
-    args = _common_sft_args(replace(FULL, train_vision_tower=train_tower), seed=0)
-    assert args[args.index("--freeze_vit") + 1] == freeze_vit
+        arm_settings("clip", 1.0)
