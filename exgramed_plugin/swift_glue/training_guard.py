@@ -80,7 +80,7 @@ class NonFiniteGuard:
                                "stop the run)", where, found, loss_scale, self.consecutive, self.max_consecutive_skips)
                 return
             raise NonFiniteLossError(
-                f"{where}: {found} for the {self.consecutive}th fp16 step in a row, each skipped by the loss scaler; "
+                f"{where}: {found}, {self.consecutive} fp16 steps in a row, each skipped by the loss scaler; "
                 "training stopped. Check the checkpoint's weights and the learning rate, or train in bfloat16 "
                 "(--torch_dtype bfloat16)")
         hint = " (from the alignment's nodes or its graph network)" if "align" in bad else ""

@@ -40,7 +40,7 @@ def test_fp16_skipped_steps_are_forgiven_until_too_many_in_a_row():
     guard.check(terms(1.0), step=3, loss_scale=16384.0)  # a finite step between: the count starts again
     guard.check(terms(INF), step=4, loss_scale=16384.0)
     guard.check(terms(INF), step=5, loss_scale=8192.0)
-    with pytest.raises(NonFiniteLossError, match=r"^step 6: the lm loss is non-finite \(lm = inf\) for the 3th fp16"):
+    with pytest.raises(NonFiniteLossError, match=r"^step 6: the lm loss is non-finite \(lm = inf\), 3 fp16 steps in a row"):
         guard.check(terms(INF), step=6, loss_scale=4096.0)
     assert MAX_CONSECUTIVE_SKIPPED_STEPS >= 2
 
