@@ -14,6 +14,14 @@ DATA_TEMPLATES = REPO_ROOT / "data_templates"
 DEMO_QUESTIONS = 8  # questions of the `demo` fixture (the first of the demo test split)
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (a process group's master, a local server)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def last_summary(stdout: str, ok: bool = True) -> dict:
     """The JSON object an ``exgramed`` command prints as its last stdout line (README), checked for ``ok``."""
     import json

@@ -1,13 +1,14 @@
 """The global graph's six problems split over processes: the same matchings, loss and gradients as
 one process solving all six (2 processes over gloo)."""
 
-import socket
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import distributed as dist
+
+from conftest import free_port
 
 from exgramed_plugin.alignment import MultiGraphAlignment, ProblemSplit, blackbox
 
@@ -83,10 +84,7 @@ def test_a_process_without_problems_gets_the_loss_and_gradients_of_the_batch(mon
 
 @pytest.mark.distributed
 def test_two_processes_splitting_the_problems_equal_one_process_solving_all(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     alone = _step(None)
     assert alone["loss"] > 0 and any(float(g.abs().sum()) > 0 for g in alone["grads"][:3])
     for rank in range(2):

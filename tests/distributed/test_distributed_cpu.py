@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.distributed
 SWIFT = str(Path(sys.executable).parent / "swift")
@@ -39,15 +38,9 @@ COMMON = ["--tuner_type", "full", "--torch_dtype", "float32", "--learning_rate",
           "--gradient_accumulation_steps", "1", "--max_steps", "2", "--save_strategy", "no", "--ddp_backend", "gloo"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_process_sft(args: list[str], cwd: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NPROC_PER_NODE": "2",
-           "MASTER_PORT": str(_free_port()), "MGA_GLOBAL_GRAPH": "1", **env_extra}
+           "MASTER_PORT": str(free_port()), "MGA_GLOBAL_GRAPH": "1", **env_extra}
     return subprocess.run([SWIFT, "sft", "--custom_register_path", REGISTER, *COMMON, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=400)
 

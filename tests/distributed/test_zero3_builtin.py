@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                                           reason="deepspeed is not installed")]
@@ -32,12 +31,6 @@ REGISTER = str(REPO_ROOT / "exgramed_plugin" / "register.py")
 DUMP_PLUGIN = str(Path(__file__).parents[1] / "head" / "node_dump_plugin.py")
 ATOL = 1e-5
 SIZES = [(56, 56), None, [(56, 84), (112, 56)], (84, 84), (56, 112), (56, 56), (112, 112), (84, 56), (56, 56)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -120,7 +113,7 @@ def test_zero3_lora_global_graph_on_qwen2_5_vl(tiny_qwen2_5_vl, tmp_path):
     dump.mkdir()
     output_dir = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NPROC_PER_NODE": "2",
-           "MASTER_PORT": str(_free_port()), "MGA_GLOBAL_GRAPH": "1", "ALIGNMENT_TEST_NODE_DUMP": str(dump)}
+           "MASTER_PORT": str(free_port()), "MGA_GLOBAL_GRAPH": "1", "ALIGNMENT_TEST_NODE_DUMP": str(dump)}
     result = subprocess.run(
         [SWIFT, "sft", "--external_plugins", REGISTER, DUMP_PLUGIN, "--model", str(tiny_qwen2_5_vl),
          "--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl", "--dataset", str(data), "--loss_type", "exgra_mga",

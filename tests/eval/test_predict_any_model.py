@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import DEMO_QUESTIONS as QUESTIONS
 MAX_NEW_TOKENS = 4
 QWEN = ["--model_type", "qwen2_5_vl", "--template", "qwen2_5_vl"]
 FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA_TEMPLATES, REPO_ROOT
+from conftest import DATA_TEMPLATES, REPO_ROOT, free_port
 from exgramed_plugin.data.conversation import merge_answers
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
 from exgramed_plugin.settings import apply_mga_to_config, parse_settings
@@ -281,13 +281,8 @@ def _global_graph_worker(rank: int, port: int, result_dir: str) -> None:
 
 @pytest.mark.distributed
 def test_global_graph_gathers_all_nodes_with_local_gradients(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_global_graph_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_global_graph_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["rows"] == r1["rows"] == 5  # 3 + 2 nodes: one graph over the global batch
