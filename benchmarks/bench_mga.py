@@ -80,7 +80,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(run_one(args.one, args.dim, args.repeats, args.solver, args.threads)))
         return
-    print(f"| B | d | solver | forward (s) | backward (s) | total (s) | peak RSS (MiB) | peak extra (MiB) |")
+    print("| B | d | solver | forward (s) | backward (s) | total (s) | peak RSS (MiB) | peak extra (MiB) |")
     print("|" + "---|" * 8)
     for batch in args.batch_sizes:
         command = [sys.executable, __file__, "--one", str(batch), "--dim", str(args.dim), "--repeats",

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args(argv)
     from exgramed_plugin.data.demo_data import make_demo_data
-    from exgramed_plugin.data.tiny import make_tiny_checkpoint
+    from exgramed_plugin.tiny_checkpoints.exgra_med import make_tiny_checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(make_tiny_checkpoint(Path(tmp) / "model", hidden_size=args.hidden, num_layers=args.layers))
         data_file = str(make_demo_data(Path(tmp) / "data").alignment_train)

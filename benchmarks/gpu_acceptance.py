@@ -235,7 +235,7 @@ def _need(module: str, why: str) -> None:
 
 def _swift_sft(ctx: Context, folder: Path, extra: list[str]) -> list[dict]:
     _need("swift", "carry the ms-swift wheel: see gpu_acceptance.sh")
-    from exgramed_plugin.data.tiny_models import make_tiny_model
+    from exgramed_plugin.tiny_checkpoints.builtin_vlms import make_tiny_model
     model = folder / "tiny-qwen2_5_vl"
     if not model.is_dir():
         make_tiny_model("qwen2_5_vl", model)

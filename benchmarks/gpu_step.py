@@ -72,9 +72,9 @@ def build_model(hidden: int, layers: int, attn: str):
     """Random mid-size exgra_med on CUDA in fp32 master weights (autocast does the mixed precision)."""
     import torch
 
-    from exgramed_plugin.data.tiny import build_tokenizer
-    from exgramed_plugin.modeling.configuration import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, \
-        ExGraMedConfig
+    from exgramed_plugin.tiny_checkpoints.exgra_med import build_tokenizer
+    from exgramed_plugin.common.tokens import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+    from exgramed_plugin.modeling.configuration import ExGraMedConfig
     from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
     tokenizer = build_tokenizer()
     config = ExGraMedConfig(
@@ -176,7 +176,7 @@ def build_qwen2_5_vl(hidden: int, layers: int, attn: str, *, vision_depth: int =
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    from exgramed_plugin.data.tiny_models import QWEN2_5_VL_SPECIAL_TOKENS, QWEN2_5_VL_VOCAB_SIZE, \
+    from exgramed_plugin.tiny_checkpoints.builtin_vlms import QWEN2_5_VL_SPECIAL_TOKENS, QWEN2_5_VL_VOCAB_SIZE, \
         build_qwen2_5_vl_tokenizer
     from exgramed_plugin.head.builtin import attach_alignment_head
     from exgramed_plugin.settings import MGASettings
@@ -232,7 +232,7 @@ def qwen_samples(config, tokenizer, batch: int, *, image_size: int = 448, questi
     """
     import torch
 
-    from exgramed_plugin.data.tiny_models import QWEN2_5_VL_SPECIAL_TOKENS
+    from exgramed_plugin.tiny_checkpoints.builtin_vlms import QWEN2_5_VL_SPECIAL_TOKENS
     vision = config.vision_config
     grid = image_size // vision.patch_size
     if image_size % vision.patch_size or grid % vision.spatial_merge_size:

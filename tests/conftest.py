@@ -63,20 +63,20 @@ def registered():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from exgramed_plugin.data.tiny import make_tiny_checkpoint
+    from exgramed_plugin.tiny_checkpoints.exgra_med import make_tiny_checkpoint
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-exgra-med")
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from exgramed_plugin.data.tiny import build_tokenizer
+    from exgramed_plugin.tiny_checkpoints.exgra_med import build_tokenizer
     return build_tokenizer()
 
 
 def _tiny_model_fixture(model_type: str, note: str):
     """A session fixture building a tiny random swift ``model_type`` checkpoint: one body for every type."""
     def fixture(tmp_path_factory) -> Path:
-        from exgramed_plugin.data.tiny_models import make_tiny_model
+        from exgramed_plugin.tiny_checkpoints.builtin_vlms import make_tiny_model
         return make_tiny_model(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}") / f"tiny-{model_type}")
     fixture.__doc__ = f"A tiny random swift ``{model_type}`` checkpoint ({note})."
     return pytest.fixture(scope="session", name=f"tiny_{model_type}")(fixture)

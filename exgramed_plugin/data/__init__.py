@@ -1,1 +1,1 @@
-"""Data formats, preprocessing, tiny checkpoints and demo data."""
+"""Data formats, preprocessing, benchmarks and demo data."""

@@ -46,7 +46,7 @@ def find_conversation_pair(row: dict[str, Any]) -> tuple[str, str] | None:
 
 @functools.cache
 def _special_token_pattern() -> re.Pattern[str]:
-    from ..modeling.configuration import ADDED_TOKENS
+    from ..common.tokens import ADDED_TOKENS
     return re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
 
 
@@ -60,7 +60,7 @@ class Segment:
 
 def image_block(num_image_tokens: int, use_im_start_end: bool = True) -> str:
     """What one ``<image>`` becomes: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>`` (§1.6)."""
-    from ..modeling.configuration import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+    from ..common.tokens import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
     patches = IMAGE_PATCH_TOKEN * num_image_tokens
     return f"{IMAGE_START_TOKEN}{patches}{IMAGE_END_TOKEN}" if use_im_start_end else patches
 
@@ -164,7 +164,7 @@ def merge_answers(answers: Sequence[str]) -> str:
     ``"\n"`` and the image tokens are removed and the answers joined with ``". "``; answers that
     already end in a period therefore produce ``".. "``, exactly as in the original.
     """
-    from ..modeling.configuration import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+    from ..common.tokens import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
 
     cleaned = []
     for answer in answers:

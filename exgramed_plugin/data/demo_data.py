@@ -60,7 +60,7 @@ import numpy as np
 from .conversation import IMAGE_TAG
 from .demo_sources import SOURCES, DemoSource, load_source, package_version, resolve_source_file
 from .demo_variants import describe_variant, draw_derivation, render
-from .jsonio import read_json, write_json
+from ..common.jsonio import read_json, write_json
 
 __all__ = [
     "DemoData",

@@ -33,11 +33,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.concurrency import run_concurrently
+from exgramed_plugin.common.concurrency import run_concurrently
 from exgramed_plugin.data.conversation import find_conversation_pair
-from exgramed_plugin.data.jsonio import (JsonlAppender, print_summary, read_json, read_jsonl_records, write_json,
+from exgramed_plugin.common.jsonio import (JsonlAppender, print_summary, read_json, read_jsonl_records, write_json,
                                          write_jsonl)
-from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
+from exgramed_plugin.common.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 

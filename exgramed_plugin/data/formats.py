@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from .conversation import IMAGE_TAG, ROLE_FROM, check_turns, find_conversation_pair
 
 # Extra columns that must survive swift's column filtering (added to RowPreprocessor.standard_keys).
-# mc_question: what multiple-choice scoring needs (choices, answer; eval/multiple_choice.py), as JSON.
+# mc_question: what multiple-choice scoring needs (choices, answer; metrics/multiple_choice.py), as JSON.
 CHOICE_COLUMN = "mc_question"
 EXTRA_COLUMNS = ("id", "answer_type", "extended_answers", CHOICE_COLUMN)
 IMAGE_ROOT_ENV = "EXGRAMED_IMAGE_ROOT"

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from .formats import DataFormatError, resolve_image_path
-from .jsonio import read_json, write_jsonl
+from ..common.jsonio import read_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 

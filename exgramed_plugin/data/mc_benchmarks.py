@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from .formats import DataFormatError
 from .hub_benchmarks import HubBenchmark, benchmark_folder, extract_folder_once, image_cache_dir, store_image
-from .jsonio import read_json, read_jsonl
+from ..common.jsonio import read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import ROLE_FROM, find_conversation_pair
-from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
+from exgramed_plugin.common.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.concurrency import run_concurrently
+from exgramed_plugin.common.concurrency import run_concurrently
 from exgramed_plugin.data.conversation import IMAGE_TAG
-from exgramed_plugin.data.jsonio import JsonlAppender, print_summary, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.common.jsonio import JsonlAppender, print_summary, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.eval.eval_vqa import id_pairing_problems, load_answers
-from exgramed_plugin.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
+from exgramed_plugin.common.openai_client import ChatClient, ChatRequestError, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json
-from exgramed_plugin.eval import medevalkit_metrics as mek
-from exgramed_plugin.eval import multiple_choice as choice
+from exgramed_plugin.common.jsonio import print_summary, read_json_or_jsonl, write_json
+from exgramed_plugin.metrics import medevalkit_metrics as mek
+from exgramed_plugin.metrics import multiple_choice as choice
 from exgramed_plugin.eval.eval_vqa import (
     VQAReport,
     evaluate_vqa,

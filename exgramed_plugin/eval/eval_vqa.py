@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import IMAGE_TAG, find_conversation_pair
-from exgramed_plugin.data.jsonio import print_summary, read_json, read_json_or_jsonl
-from exgramed_plugin.eval import medevalkit_metrics as mek
-from exgramed_plugin.eval.vqa_metrics import (
+from exgramed_plugin.common.jsonio import print_summary, read_json, read_json_or_jsonl
+from exgramed_plugin.metrics import medevalkit_metrics as mek
+from exgramed_plugin.metrics.vqa_metrics import (
     BLEU_WEIGHTS,
     NormalizedCandidates,
     mean_percent,
@@ -34,7 +34,7 @@ from exgramed_plugin.eval.vqa_metrics import (
     score_pair_original,
     score_pair_strict,
 )
-from exgramed_plugin.openai_client import ChatClient, add_client_arguments, api_key_from_env
+from exgramed_plugin.common.openai_client import ChatClient, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import IMAGE_TAG
-from exgramed_plugin.data.jsonio import (JsonFileError, append_jsonl, print_summary, read_json_or_jsonl, read_jsonl,
+from exgramed_plugin.common.jsonio import (JsonFileError, append_jsonl, print_summary, read_json_or_jsonl, read_jsonl,
                                          write_jsonl)
 from exgramed_plugin.settings import TemplateSettings, current_settings
 
@@ -212,7 +212,8 @@ def check_model_type(model_type: str | None) -> None:
     """Refuse a model type swift does not know, before any loading (swift's own error lists ~600 names)."""
     if model_type is None:
         return
-    import exgramed_plugin.register  # noqa: F401  (exgra_med is one of them)
+    from exgramed_plugin.swift_glue import register_all
+    register_all()  # exgra_med is one of them
     from swift.model import MODEL_MAPPING
     _check_known(model_type, MODEL_MAPPING, "--model_type", "model type", _HOW_TO_LIST_MODEL_TYPES)
 
@@ -221,7 +222,8 @@ def check_template(template: str | None) -> None:
     """Refuse a template type swift does not know."""
     if template is None:
         return
-    import exgramed_plugin.register  # noqa: F401
+    from exgramed_plugin.swift_glue import register_all
+    register_all()
     from swift.template import TEMPLATE_MAPPING
     _check_known(template, TEMPLATE_MAPPING, "--template", "template", _HOW_TO_LIST_TEMPLATES)
 
@@ -246,7 +248,7 @@ def engine_request(model: str, *, infer_backend: str = "transformers", model_typ
     if infer_backend == "transformers":
         kwargs = {**common, "adapters": list(adapters) or None, "max_batch_size": batch_size, "device_map": device_map}
         return EngineRequest(infer_backend, _ENGINE_CLASSES[infer_backend], str(model), kwargs)
-    from exgramed_plugin.modeling.weight_files import checkpoint_model_type  # torch: only for vLLM requests
+    from exgramed_plugin.common.weight_files import checkpoint_model_type  # torch: only for vLLM requests
     if EXGRA_MED in (model_type, checkpoint_model_type(str(model))):
         raise ValueError(f"{model}: model type {EXGRA_MED} is not a vLLM architecture; "
                          "use --infer_backend transformers")
@@ -261,7 +263,8 @@ def engine_request(model: str, *, infer_backend: str = "transformers", model_typ
 
 def build_engine(request: EngineRequest):
     """Instantiate the swift engine ``request`` names (the plugin registered first)."""
-    import exgramed_plugin.register  # noqa: F401  (model type, template, datasets)
+    from exgramed_plugin.swift_glue import register_all
+    register_all()  # model type, template, datasets
     import swift.infer_engine as infer_engine
     return getattr(infer_engine, request.engine_class)(request.model, **request.kwargs)
 

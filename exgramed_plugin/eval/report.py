@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import print_summary, read_json, read_jsonl, write_json
+from exgramed_plugin.common.jsonio import print_summary, read_json, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.hub_benchmarks import load_benchmark
-from exgramed_plugin.data.jsonio import append_jsonl, print_summary, read_json, read_jsonl, write_json, write_jsonl
+from exgramed_plugin.common.jsonio import append_jsonl, print_summary, read_json, read_jsonl, write_json, write_jsonl
 from exgramed_plugin.data.mc_benchmarks import get_choice_benchmark, load_choice_benchmark
-from exgramed_plugin.eval import medevalkit_choice, mmmu_metrics
-from exgramed_plugin.eval import multiple_choice as choice
+from exgramed_plugin.metrics import medevalkit_choice, mmmu_metrics
+from exgramed_plugin.metrics import multiple_choice as choice
 from exgramed_plugin.eval.eval_vqa import (
     evaluate_vqa,
     id_pairing_problems,

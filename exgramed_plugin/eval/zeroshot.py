@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
+from exgramed_plugin.common.jsonio import print_summary, read_json_or_jsonl, write_json, write_jsonl
+from exgramed_plugin.metrics.multiple_choice import argmax_first
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ def difflib_choice(options: Sequence[str], prediction: str) -> tuple[int | None,
         if ratio > best_ratio:
             best, best_ratio = index, ratio
     return best, ratios
-
-
-def argmax_first(scores: Sequence[float]) -> int:
-    """First index of the maximum (deterministic tie-breaking)."""
-    best = 0
-    for index, score in enumerate(scores):
-        if score > scores[best]:
-            best = index
-    return best
 
 
 @dataclass

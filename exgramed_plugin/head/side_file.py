@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..modeling.weight_files import CheckpointError, check_weight_file
+from ..common.weight_files import CheckpointError, check_weight_file
 from ..settings import MGASettings
 
 SIDE_FILE = "mga_head.safetensors"

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig
 
-from ..data.jsonio import read_json
+from ..common.jsonio import read_json
 from .clip_common import CLIP_MEAN, CLIP_STD, OPEN_CLIP_CONFIG, build_clip_image_processor, looks_like_local_path
 
 logger = logging.getLogger(__name__)

@@ -16,12 +16,6 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from ..settings import DENSE_CONNECTORS, MGASettings
 
 DENSE_CONNECTOR_TYPES = DENSE_CONNECTORS
-IMAGE_PATCH_TOKEN = "<im_patch>"
-IMAGE_START_TOKEN = "<im_start>"
-IMAGE_END_TOKEN = "<im_end>"
-PAD_TOKEN = "[PAD]"
-# The order in which the original LLaVA-7b-v0 lineage added its tokens (ids 32000..32003).
-ADDED_TOKENS = (PAD_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 _MLP_GELU = re.compile(r"^mlp(\d+)x_gelu$")
 _MGA_DEFAULTS = MGASettings()
 

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..data.jsonio import print_summary, read_json
-from .configuration import DENSE_CONNECTOR_TYPES, IMAGE_PATCH_TOKEN, ExGraMedConfig
+from ..common.jsonio import print_summary, read_json
+from .configuration import DENSE_CONNECTOR_TYPES, ExGraMedConfig
+from ..common.tokens import IMAGE_PATCH_TOKEN
 from .modeling import ExGraMedForCausalLM
 from .original_checkpoint import MGA_PREFIX, load_original
 from .original_config import is_original_checkpoint
 from .processing import ExGraMedProcessor
 from .vision import VISION_TOWER_PREFIX
-from .weight_files import CheckpointError
+from ..common.weight_files import CheckpointError
 
 if TYPE_CHECKING:
     from transformers import LlavaConfig

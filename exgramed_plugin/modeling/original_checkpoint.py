@@ -27,7 +27,7 @@ from .original_config import build_original_config, read_original_config
 from .original_tokenizer import load_original_tokenizer
 from .processing import ExGraMedProcessor
 from .vision import VISION_TOWER_PREFIX, clip_image_processor, resolve_original_vision_tower, vision_tower_state_dict
-from .weight_files import CheckpointError, load_weight_file, weight_files
+from ..common.weight_files import CheckpointError, load_weight_file, weight_files
 
 logger = logging.getLogger(__name__)
 

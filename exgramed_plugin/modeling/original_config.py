@@ -17,13 +17,13 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ..data.jsonio import read_json
+from ..common.jsonio import read_json
 from .biomedclip import open_clip_vision_config
 from .clip_common import is_open_clip_source
-from .configuration import (DENSE_CONNECTOR_TYPES, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN,
-                            ExGraMedConfig)
+from .configuration import DENSE_CONNECTOR_TYPES, ExGraMedConfig
+from ..common.tokens import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
 from .vision import clip_vision_config_from_source
-from .weight_files import CheckpointError
+from ..common.weight_files import CheckpointError
 
 logger = logging.getLogger(__name__)
 

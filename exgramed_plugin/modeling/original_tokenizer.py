@@ -15,9 +15,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..data.jsonio import read_json
-from .configuration import ADDED_TOKENS
-from .weight_files import CheckpointError
+from ..common.jsonio import read_json
+from ..common.tokens import ADDED_TOKENS
+from ..common.weight_files import CheckpointError
 
 logger = logging.getLogger(__name__)
 

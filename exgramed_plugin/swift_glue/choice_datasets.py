@@ -14,7 +14,7 @@ import dataclasses
 from swift.dataset import DATASET_MAPPING, DatasetLoader, DatasetMeta, register_dataset
 
 from ..data.mc_benchmarks import BENCHMARKS, load_choice_benchmark
-from ..eval.multiple_choice import question_row
+from ..metrics.multiple_choice import question_row
 from .datasets import keep_extra_columns
 from .hub_datasets import standard_rows_dataset
 

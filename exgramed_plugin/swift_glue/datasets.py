@@ -22,7 +22,7 @@ from swift.dataset.dataset_syntax import DatasetSyntax
 from swift.dataset.preprocessor import RowPreprocessor
 
 from ..data.formats import EXTRA_COLUMNS, DataFormatError, detect_format, row_to_standard
-from ..data.jsonio import holds_no_rows, read_json_or_jsonl
+from ..common.jsonio import holds_no_rows, read_json_or_jsonl
 from ..settings import LOSS_TYPE, current_settings
 
 DATA_ROOT_ENV = "EXGRAMED_DATA_ROOT"

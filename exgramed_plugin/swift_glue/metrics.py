@@ -25,7 +25,7 @@ from swift.metrics import eval_metrics_map
 from swift.metrics.base import EvalMetrics
 from swift.utils import Serializer
 
-from ..eval.vqa_metrics import calculate_f1score, closed_hit_original, prepare_original
+from ..metrics.vqa_metrics import calculate_f1score, closed_hit_original, prepare_original
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class ExGraVQAMetrics(EvalMetrics):
 
 class ExGraChoiceMetrics(EvalMetrics):
     """``--eval_metric exgra_mc``: multiple-choice accuracy with MedEvalKit's judge and the corrected one
-    (eval/multiple_choice.py), so ``--metric_for_best_model medevalkit_corrected`` (or
+    (metrics/multiple_choice.py), so ``--metric_for_best_model medevalkit_corrected`` (or
     ``<benchmark>_medevalkit``) picks a checkpoint on them. swift passes only replies and labels; the
     choices come from the evaluation rows' ``mc_question`` column, matched by position (checked against the
     labels), which needs ``--predict_with_generate true`` and one evaluation dataset in its own order."""
 
     def compute_metrics(self, eval_prediction) -> dict[str, float]:
         from ..data.formats import CHOICE_COLUMN
-        from ..eval.multiple_choice import training_metrics
+        from ..metrics.multiple_choice import training_metrics
 
         predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
         rows = self.trainer.eval_dataset

@@ -9,14 +9,14 @@ from swift.model import Model, ModelGroup, ModelLoader, ModelMeta, register_mode
 from swift.model.model_arch import MultiModelKeys, register_model_arch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..data.jsonio import read_json
+from ..common.jsonio import read_json
 from ..modeling.configuration import ExGraMedConfig
 from ..modeling.modeling import ExGraMedForCausalLM
 from ..modeling.original_checkpoint import OriginalCheckpoint
 from ..modeling.original_config import is_original_checkpoint
 from ..modeling.processing import ExGraMedProcessor
 from ..modeling.vision import VISION_TOWER_PREFIX, load_vision_tower_weights
-from ..modeling.weight_files import check_weight_files, weight_names
+from ..common.weight_files import check_weight_files, weight_names
 from ..settings import apply_mga_to_config, current_settings
 from .template import TEMPLATE_TYPE
 

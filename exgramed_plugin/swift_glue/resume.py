@@ -24,11 +24,11 @@ import torch
 from swift.callbacks import TrainerCallback
 from torch import nn
 
-from ..data.jsonio import read_json, write_json
+from ..common.jsonio import read_json, write_json
 from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, frozen_image_nodes, model_with_head
 from ..head.head import distributed_rank
 from ..head.side_file import load_side_file, side_file_path
-from ..modeling.weight_files import check_weight_files, load_weight_file
+from ..common.weight_files import check_weight_files, load_weight_file
 
 logger = logging.getLogger(__name__)
 CALLBACK_NAME = "exgramed_mga_head"

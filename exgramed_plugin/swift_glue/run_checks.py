@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..modeling.weight_files import (check_checkpoint_folder, check_weight_files, checkpoint_model_type,
+from ..common.weight_files import (check_checkpoint_folder, check_weight_files, checkpoint_model_type,
                                       has_weight_files)
 from ..settings import LOSS_TYPE, PluginSettings, SettingsError
 
@@ -121,7 +121,7 @@ def deepspeed_stage(deepspeed: Any) -> int | None:
         if not deepspeed.endswith(".json"):
             stages = [stage for stage in (3, 2, 1, 0) if f"zero{stage}" in deepspeed]
             return stages[0] if stages else None
-        from ..data.jsonio import read_json
+        from ..common.jsonio import read_json
         config = read_json(deepspeed)
     return int((config.get("zero_optimization") or {}).get("stage", 0)) if isinstance(config, dict) else None
 
@@ -162,7 +162,7 @@ def fitting_model_types(model_dir: str) -> list[str]:
     """The swift model types that fit a local checkpoint's architecture (empty when unknown)."""
     from swift.model.model_meta import get_matched_model_types
 
-    from ..data.jsonio import read_json
+    from ..common.jsonio import read_json
     from ..modeling.original_config import is_original_checkpoint
     if is_original_checkpoint(model_dir):
         return ["exgra_med"]

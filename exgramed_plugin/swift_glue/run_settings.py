@@ -47,7 +47,7 @@ def settings_from_swift_args(args: Any, environ: dict[str, str] | None = None) -
 
 def adapter_saves_mga(adapter_dir: str | os.PathLike) -> bool:
     """Whether a LoRA checkpoint holds a trained graph network (``--modules_to_save mga``)."""
-    from ..data.jsonio import read_json
+    from ..common.jsonio import read_json
     for config_path in (Path(adapter_dir) / "adapter_config.json", Path(adapter_dir) / "default" / "adapter_config.json"):
         if config_path.is_file():
             return "mga" in (read_json(config_path).get("modules_to_save") or [])
@@ -64,7 +64,7 @@ def saved_mga_settings(checkpoint_dir: str | os.PathLike) -> MGASettings | None:
     config_path = Path(checkpoint_dir) / "config.json"
     if not config_path.is_file():
         return None
-    from ..data.jsonio import read_json
+    from ..common.jsonio import read_json
     config = read_json(config_path)
     if not isinstance(config, dict) or "mga_alpha" not in config:
         return None

@@ -152,7 +152,7 @@ def test_converter_errors_name_the_row(tmp_path):
 
 def test_line_separator_in_an_answer_survives_both_converters(templates, capsys):
     # Issue 12: llava-to-swift wrote U+2028 raw, and swift-to-llava (str.splitlines) read one row as two.
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     rows = json.loads((templates / "vqa.json").read_text())
     rows[0]["conversations"][1]["value"] = "first line\u2028second line\u2029third"
     src, swift_file, back = templates / "u2028.json", templates / "u2028.jsonl", templates / "back.json"
@@ -164,7 +164,7 @@ def test_line_separator_in_an_answer_survives_both_converters(templates, capsys)
 
 
 def test_truncated_input_names_file_line_and_column_as_the_last_line(templates, capsys):
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     text = (templates / "vqa.json").read_text()
     cut = text.index('"value"', len(text) // 2) + len('"value": "') + 3  # inside a string, past the middle
     src = templates / "t.json"

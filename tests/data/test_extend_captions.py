@@ -20,8 +20,8 @@ from exgramed_plugin.data.extend_captions import (
     main,
     parse_extension_reply,
 )
-from exgramed_plugin.data.jsonio import JsonlAppender, read_jsonl_records
-from exgramed_plugin.openai_client import ChatClient
+from exgramed_plugin.common.jsonio import JsonlAppender, read_jsonl_records
+from exgramed_plugin.common.openai_client import ChatClient
 
 from conftest import last_summary
 
@@ -319,7 +319,7 @@ def test_bad_input_names_the_row_and_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("command, flag", [("extend-captions", "--concurrency"), ("eval-chat", "--judge-base-url")])
 def test_exgramed_cli_has_the_commands_with_help(command, flag, capsys):
-    from exgramed_plugin.cli import main as exgramed_main
+    from exgramed_plugin.commands.cli import main as exgramed_main
     with pytest.raises(SystemExit) as exit_info:
         exgramed_main([command, "--help"])
     assert exit_info.value.code == 0 and flag in capsys.readouterr().out

@@ -67,7 +67,7 @@ def test_mmmu_reads_the_five_subjects_in_medevalkit_order_with_every_image(tmp_p
 @pytest.mark.parametrize("mode, sent", [("first", 1), ("all", 2)])
 def test_mmmu_sends_image_1_only_as_medevalkit_or_every_image(tmp_path, mode, sent):
     # Quirk first_image_only (utils/MMMU/data_utils.py L87-100): image_1 only; --mmmu-images all: both.
-    from exgramed_plugin.eval.multiple_choice import build_prompt, question_row
+    from exgramed_plugin.metrics.multiple_choice import build_prompt, question_row
     write_mmmu(tmp_path / "MMMU")
     questions = {q.id: q for q in _load("mmmu_med", tmp_path, split="validation").questions}
     two, one = questions["validation_Clinical_Medicine_2"], questions["validation_Clinical_Medicine_1"]

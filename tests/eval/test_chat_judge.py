@@ -154,6 +154,6 @@ def test_failed_requests_are_recorded_and_a_zero_reference_score_is_not_divided(
                                  "unscored": 1}
     with RecordedServer(lambda request: (200, "0 5\nno reference")) as server:
         from exgramed_plugin.eval.chat_judge import judge_one
-        from exgramed_plugin.openai_client import ChatClient
+        from exgramed_plugin.common.openai_client import ChatClient
         record = judge_one(ChatClient(server.base_url, "j", backoff_base=0), built[0], max_tokens=None)
     assert record["status"] == "unparsable" and "relative score undefined" in record["error"]

@@ -110,7 +110,7 @@ def test_labels_must_be_unique_and_match(files: dict[str, Path]) -> None:
 
 def test_cli_writes_markdown_html_json_and_chart(files: dict[str, Path], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from exgramed_plugin.cli import main as exgramed_main
+    from exgramed_plugin.commands.cli import main as exgramed_main
 
     out = tmp_path / "cmp"
     assert exgramed_main(["compare", str(files["A"]), str(files["B"]), "--gt", str(files["gt"]), "--out", str(out),
@@ -141,7 +141,7 @@ def test_compare_on_multiple_choice_questions_of_exgramed_eval(tmp_path):
 
     from exgramed_plugin.data.mc_benchmarks import ChoiceQuestion
     from exgramed_plugin.eval.compare import compare_models, write_comparison
-    from exgramed_plugin.eval.multiple_choice import question_row
+    from exgramed_plugin.metrics.multiple_choice import question_row
 
     questions = [ChoiceQuestion(f"q{i}", "pmc_vqa", "Q?", ("A:x", "B:y"), answer, ("/x.png",))
                  for i, answer in enumerate("ABB")]

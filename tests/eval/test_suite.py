@@ -96,7 +96,7 @@ def _answer_ids(path):
 
 
 def test_exgramed_eval_with_a_tiny_model_answers_scores_and_resumes(data_root, tiny_checkpoint, tmp_path, capsys):
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     out = tmp_path / "out"
     argv = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", *ALL, "--data-root", str(data_root),
             "--out", str(out), "--scoring", "generate", "likelihood", "--limit", "2", "--max-new-tokens", "4",
@@ -139,7 +139,7 @@ def test_exgramed_eval_with_a_tiny_model_answers_scores_and_resumes(data_root, t
 
 
 def test_a_bad_benchmark_folder_ends_with_a_json_error_line(tmp_path, capsys):
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     (tmp_path / "root" / "PMC_VQA" / "figures").mkdir(parents=True)
     assert main(["eval", "--score-only", "--pred", str(tmp_path / "a.jsonl"), "--benchmarks", "pmc_vqa",
                  "--data-root", str(tmp_path / "root"), "--out", str(tmp_path / "out")]) == 2

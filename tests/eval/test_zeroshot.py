@@ -63,7 +63,8 @@ def planted(engine):
 
 
 def test_likelihood_scores_match_the_closed_form_and_pick_the_planted_option(engine, planted):
-    from exgramed_plugin.eval.zeroshot import ZeroShotSample, argmax_first, option_log_likelihoods
+    from exgramed_plugin.eval.zeroshot import ZeroShotSample, option_log_likelihoods
+    from exgramed_plugin.metrics.multiple_choice import argmax_first
     boosted, vocab = planted
     sample = ZeroShotSample("q", "D", "M", "Which animal?", ["lion", "zebra", "horse"], "zebra", IMAGE)
     scores = option_log_likelihoods(engine.model, engine.template, sample.prompt, sample.options, [sample.image],

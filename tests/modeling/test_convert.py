@@ -71,7 +71,7 @@ def plugin_dir(registered, original, tower, tmp_path_factory) -> Path:
     import contextlib
     import io
 
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     dst = tmp_path_factory.mktemp("converted") / "plugin"
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert main(["convert", "--src", str(original), "--dst", str(dst), "--vision-tower", str(tower)]) == 0
@@ -157,7 +157,7 @@ def test_dci_checkpoint_refuses_llava_hf(registered, tower, tmp_path):
 
 
 def test_convert_of_a_plugin_layout_checkpoint_says_it_is_converted(registered, plugin_dir, tmp_path, capsys):
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     assert main(["convert", "--src", str(plugin_dir), "--dst", str(tmp_path / "again")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"{plugin_dir / 'config.json'}: model_type is 'exgra_med': {plugin_dir} is already in the plugin "
@@ -166,7 +166,7 @@ def test_convert_of_a_plugin_layout_checkpoint_says_it_is_converted(registered, 
 
 def test_convert_names_a_truncated_bin_shard(registered, original, tower, tmp_path, capsys):
     import shutil
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     broken = tmp_path / "broken"
     shutil.copytree(original, broken)
     shard = sorted(broken.glob("pytorch_model*.bin"))[0]

@@ -267,7 +267,7 @@ def _broken_copy(tmp_path: Path, tower: Path, **kwargs) -> Path:
 
 def test_missing_projector_names_file_and_key(tmp_path, tower):
     from exgramed_plugin.modeling.original_checkpoint import load_original
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     index = json.loads((ck / "pytorch_model.bin.index.json").read_text())
     shard = index["weight_map"].pop("model.mm_projector.2.weight")
@@ -281,7 +281,7 @@ def test_missing_projector_names_file_and_key(tmp_path, tower):
 
 def test_wrong_hidden_size_names_file_and_key(tmp_path, tower):
     from exgramed_plugin.modeling.original_checkpoint import load_original
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     config = json.loads((ck / "config.json").read_text())
     config["hidden_size"] = 32
@@ -293,7 +293,7 @@ def test_wrong_hidden_size_names_file_and_key(tmp_path, tower):
 
 def test_mm_hidden_size_not_matching_the_tower_names_file_and_key(tmp_path, tower):
     from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower, mm_hidden_size=20)
     with pytest.raises(CheckpointError, match=r"config\.json: key 'mm_hidden_size' is 20"):
         OriginalCheckpoint.open(ck)
@@ -310,7 +310,7 @@ def test_missing_tokenizer_file_is_named(tmp_path, tower, name):
 
 def test_added_tokens_without_image_patch_names_file_and_key(tmp_path, tower):
     from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     (ck / "added_tokens.json").write_text(json.dumps({"[PAD]": 32000}))
     with pytest.raises(CheckpointError, match=r"added_tokens\.json: key '<im_patch>'"):
@@ -319,7 +319,7 @@ def test_added_tokens_without_image_patch_names_file_and_key(tmp_path, tower):
 
 def test_missing_config_key_is_named(tmp_path, tower):
     from exgramed_plugin.modeling.original_checkpoint import OriginalCheckpoint
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     ck = _broken_copy(tmp_path, tower)
     config = json.loads((ck / "config.json").read_text())
     del config["mm_hidden_size"]

@@ -42,14 +42,14 @@ def test_a_model_type_that_does_not_fit_names_the_ones_that_do(registered, tiny_
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen2_5_vl", "tiny_gemma3_vision", "tiny_checkpoint"])
 def test_truncated_weights_are_named_for_every_model_type(registered, request, fixture, tmp_path):
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     broken, weights = truncated_copy(request.getfixturevalue(fixture), tmp_path)
     with pytest.raises(CheckpointError, match=f"{weights}: truncated safetensors file"):
         sft_arguments(tmp_path, model=str(broken))
 
 
 def test_a_truncated_checkpoint_to_resume_from_is_named(registered, tiny_qwen2_5_vl, tmp_path):
-    from exgramed_plugin.modeling.weight_files import CheckpointError
+    from exgramed_plugin.common.weight_files import CheckpointError
     checkpoint = tmp_path / "run" / "checkpoint-2"
     shutil.copytree(tiny_qwen2_5_vl, checkpoint)
     (checkpoint / "optimizer.pt").write_bytes(b"PK\x03\x04" + b"\0" * 64)  # a torch zip cut after its header

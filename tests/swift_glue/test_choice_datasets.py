@@ -56,7 +56,7 @@ def test_swift_sft_evaluates_with_exgra_mc_and_picks_the_checkpoint_on_it(tiny_c
     import sys
     from pathlib import Path
 
-    from exgramed_plugin.eval.medevalkit_choice import judge_multi_choice
+    from exgramed_plugin.metrics.medevalkit_choice import judge_multi_choice
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "EXGRAMED_PMC_VQA_DIR": str(write_pmc_vqa(tmp_path / "PMC_VQA")),

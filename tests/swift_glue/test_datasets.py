@@ -72,7 +72,7 @@ def _truncated_copy(src: Path, dst: Path) -> tuple[int, int]:
 
 
 def test_truncated_file_of_ours_is_named_with_line_and_column(registered, tmp_path):
-    from exgramed_plugin.data.jsonio import JsonFileError
+    from exgramed_plugin.common.jsonio import JsonFileError
     path = tmp_path / "t.json"
     line, column = _truncated_copy(DATA_TEMPLATES / "llava_med_instruct.json", path)
     with pytest.raises(JsonFileError) as error:
@@ -81,7 +81,7 @@ def test_truncated_file_of_ours_is_named_with_line_and_column(registered, tmp_pa
 
 
 def test_one_bad_jsonl_line_is_named_by_its_1_based_line(registered, tmp_path):
-    from exgramed_plugin.data.jsonio import JsonFileError
+    from exgramed_plugin.common.jsonio import JsonFileError
     (tmp_path / "images").symlink_to(DATA_TEMPLATES / "images")
     lines = (DATA_TEMPLATES / "swift_messages.jsonl").read_text().splitlines()
     lines[1] = lines[1][:-1]  # the second row loses its closing brace
@@ -94,7 +94,7 @@ def test_one_bad_jsonl_line_is_named_by_its_1_based_line(registered, tmp_path):
 
 def test_registered_name_with_a_truncated_file_names_it(registered, monkeypatch, tmp_path):
     from exgramed_plugin.data.demo_data import make_demo_data
-    from exgramed_plugin.data.jsonio import JsonFileError
+    from exgramed_plugin.common.jsonio import JsonFileError
     data = make_demo_data(tmp_path / "demo")
     line, column = _truncated_copy(data.vqa_test, data.vqa_test)
     monkeypatch.setenv("EXGRAMED_DEMO_DIR", str(data.root))

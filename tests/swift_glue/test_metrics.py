@@ -58,7 +58,7 @@ def test_exgra_mc_reads_the_choices_from_the_evaluation_rows(registered):
     from transformers.trainer_utils import EvalPrediction
 
     from exgramed_plugin.data.mc_benchmarks import ChoiceQuestion
-    from exgramed_plugin.eval.multiple_choice import question_row
+    from exgramed_plugin.metrics.multiple_choice import question_row
     from exgramed_plugin.swift_glue.metrics import ExGraChoiceMetrics, register_exgra_vqa_metric
 
     register_exgra_vqa_metric()

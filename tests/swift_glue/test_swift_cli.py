@@ -119,7 +119,7 @@ def test_lora_all_linear_targets_the_language_model_only(registered, tiny_checkp
 
 
 def test_make_tiny_dci_loads_through_swift(registered, tmp_path):
-    from exgramed_plugin.cli import main
+    from exgramed_plugin.commands.cli import main
     assert main(["make-tiny", str(tmp_path / "dci"), "--dense-connector", "dci"]) == 0
     from swift.model import get_model_processor
     model, processor = get_model_processor(str(tmp_path / "dci"), torch_dtype=torch.float32)
