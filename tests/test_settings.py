@@ -1,12 +1,16 @@
 """The plugin's settings object: one parser, one set of names, every channel, validation, resume."""
 
-import dataclasses
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
 from exgramed_plugin.settings import (SETTING_KEYS, MGASettings, SettingsError, apply_mga_to_config, parse_settings,
                                       with_saved_mga)
+
+TRAINING_DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 
 # Every knob of the settings table (docs/training.md) with a non-default value, as a string (what the environment holds).
 NON_DEFAULT = {"mga_alpha": ("0.5", 0.5), "mga_k": ("3", 3), "mga_lambda": ("40", 40.0),
@@ -17,11 +21,42 @@ NON_DEFAULT = {"mga_alpha": ("0.5", 0.5), "mga_k": ("3", 3), "mga_lambda": ("40"
                "mga_text_packing": ("off", False), "mga_solver_search": ("40", 40)}
 
 
+def documented_mga_defaults() -> dict[str, Any]:
+    """The ``default`` column of docs/training.md's settings table, by ``mga_*`` key, parsed from the
+    markdown: the reference the code must match, so a drift between the docs and the code fails."""
+    rows = re.findall(r"^\| `MGA_\w+` / `(mga_\w+)` \| ([^|]+) \|", TRAINING_DOC.read_text(), re.MULTILINE)
+    assert rows, f"no settings table found in {TRAINING_DOC}"
+    return {key: _documented_value(text.strip().strip("`")) for key, text in rows}
+
+
+def _documented_value(text: str) -> Any:
+    """A table cell as a value: ``1`` / ``0`` booleans are kept as ints here (1 == True in Python)."""
+    if text == "hidden size":  # the GNN width follows the model: stored as None
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def test_defaults_are_the_documented_ones():
+    documented = documented_mga_defaults()
     config = ExGraMedConfig()
     effective = apply_mga_to_config(config, parse_settings({}, loss_type="exgra_mga"))
-    assert dataclasses.replace(effective, enabled=True) == MGASettings(enabled=True)
-    assert config.mga_enabled
+    code = {key: value for key, value in effective.config_values().items() if key != "mga_enabled"}
+    assert set(documented) == set(code)  # every knob is in the table, and only knobs are
+    assert {key: code[key] for key in documented} == documented
+    assert {key: getattr(config, key) for key in documented} == documented  # what a fresh config.json holds
+    assert config.mga_enabled  # MGA_ENABLED: "from --loss_type"
+
+
+def test_the_original_hyper_parameters_are_the_defaults():
+    """Written out by hand from docs/method.md (the original's code): alpha 1.0 (§3.4), kNN k = 5
+    (§3.5), Gumbel(0, 0.05) noise (§3.8), lambda = 80 (§3.9, §3.10), reverse-kNN message passing
+    (§3.6), text nodes after the Dense Connector forward (``--after_de True``, §3)."""
+    settings = MGASettings()
+    assert (settings.alpha, settings.k, settings.lambda_val, settings.gumbel_scale) == (1.0, 5, 80.0, 0.05)
+    assert (settings.message_flow, settings.use_message_passing, settings.after_de) == ("original", True, True)
 
 
 @pytest.mark.parametrize("key", sorted(NON_DEFAULT))
