@@ -13,7 +13,7 @@ LLaMA tokenizer, and synthetic batches of the shape the ``exgra_med`` template p
 + question + answer, and the merged answers / extended answers of the alignment). For each precision
 it times forward + backward + AdamW step (after one warm-up step), with ``torch.autocast`` and, for
 fp16, a ``GradScaler`` whose current scale is handed to the MGA black-box backward
-(``model.mga_loss_scale``), as the ``exgra_mga`` loss does under swift. Attention: flash-attn 2 when
+(``model.alignment_head.loss_scale``), as the ``exgra_mga`` loss does under swift. Attention: flash-attn 2 when
 importable, else sdpa.
 
 ``--model qwen2_5_vl``: the model-independent alignment head (exgramed_plugin/head/builtin.py) on
@@ -133,7 +133,7 @@ def run_precision(model, batch: dict, dtype_name: str, steps: int) -> dict:
         return {"skipped": "bf16 is not supported by this GPU"}
     scaler = torch.amp.GradScaler("cuda", enabled=dtype_name == "fp16")
     # the black-box backward divides the incoming (scaled) gradient by the current scale
-    model.mga_loss_scale = (lambda: float(scaler.get_scale())) if scaler.is_enabled() else None
+    model.alignment_head.loss_scale = (lambda: float(scaler.get_scale())) if scaler.is_enabled() else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
     inputs = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
     torch.cuda.reset_peak_memory_stats()

@@ -11,7 +11,7 @@ the placing: offline it only returns an already filled ``local_dir`` and never c
 snapshot there (huggingface_hub 1.x), and placing from the cache offline is what an air-gapped
 machine needs.
 
-Assumptions (the repos' file lists are not in the method spec; docs/method.md §4.1 only names the JSON
+Assumptions (the repos' file lists are not in docs/method.md; its §4.1 only names the JSON
 files): the VQA repos hold ``{train,val,test}_w_options_new.json`` at their top level with the
 images in folders or archives beside them (``.zip``/``.tar[.gz]`` archives are extracted in place);
 ``Extended-Caption-GPT`` holds the ``llava_med_*_2_conversations.json`` files (images: the LLaVA-Med

@@ -21,16 +21,14 @@ from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from ..alignment import MultiGraphAlignmentOutput
 from ..alignment.contrastive import ContrastiveAlignment
-from ..head.head import AlignmentHead, alignment_terms, any_rank, build_alignment_network, gather_with_local_grad, \
-    image_nodes
-from ..settings import POOLINGS, MGASettings
+from ..head.head import AlignmentHead, alignment_terms, any_rank, build_alignment_network, image_nodes
+from ..settings import MGASettings
 from .configuration import ExGraMedConfig, projector_depth
 from .biomedclip import OpenClipVisionTower, biomed_dense_features
 from .dense_connector import select_vision_features
 from .vision import build_vision_tower
 
 logger = logging.getLogger(__name__)
-MGA_POOLINGS = POOLINGS
 
 
 def build_vision_projector(config: ExGraMedConfig) -> nn.Module:
@@ -186,32 +184,6 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
     # Multi-graph alignment (docs/method.md §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
     # FSDP see every parameter it uses. The orchestration is the model-independent head; what is
     # exgra_med's own is where its image nodes come from (the projector outputs).
-
-    @property
-    def mga_loss_scale(self):
-        return self.alignment_head.loss_scale if self.alignment_head is not None else None
-
-    @mga_loss_scale.setter
-    def mga_loss_scale(self, value) -> None:
-        self.alignment_head.loss_scale = value
-
-    @property
-    def _mga_calls(self) -> int:
-        return self.alignment_head.calls
-
-    @_mga_calls.setter
-    def _mga_calls(self, value: int) -> None:
-        self.alignment_head.calls = value
-
-    @property
-    def _warned_small_batch(self) -> bool:
-        return self.alignment_head.warned_small_batch
-
-    @_warned_small_batch.setter
-    def _warned_small_batch(self, value: bool) -> None:
-        self.alignment_head.warned_small_batch = value
-
-    _gather_with_local_grad = staticmethod(gather_with_local_grad)
 
     def image_nodes(self, input_ids: Tensor, image_features: Tensor | None,
                     images_per_sample: list[int] | None = None) -> Tensor:

@@ -42,9 +42,9 @@ def test_padding_free_batch_gives_the_padded_nodes_and_losses(registered, tiny_c
 
     model.model.mga.forward = record
     try:
-        model._mga_calls = 0
+        model.alignment_head.calls = 0
         padded_out = model(**padded)
-        model._mga_calls = 0
+        model.alignment_head.calls = 0
         packed_out = model(**{k: v for k, v in packed.items() if not k.startswith(("cu_seq", "max_length"))})
     finally:
         del model.model.mga.forward

@@ -244,7 +244,7 @@ def _rows():
 
 def _align_grads(model, batch):
     model.zero_grad(set_to_none=True)
-    model._mga_calls = 0  # the same Gumbel noise for both layouts
+    model.alignment_head.calls = 0  # the same Gumbel noise for both layouts
     out = model(**batch)
     out.align_loss.backward()
     return out.align_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -131,7 +131,7 @@ def test_batch_of_one_gives_zero_loss_and_warns_once(mga_setup, caplog):
     model, template, _ = mga_setup
     template.set_mode("train")
     batch = template.data_collator([template.encode(_rows()[0])])
-    model._warned_small_batch = False
+    model.alignment_head.warned_small_batch = False
     with caplog.at_level(logging.WARNING):
         first = model(**batch)
         model(**batch)
@@ -193,10 +193,10 @@ def test_fp16_loss_scale_reaches_the_blackbox(mga_setup):
     loss_fn, _ = _loss_fn(model, scale=1024.0)
     outputs, labels = _fake_outputs()
     loss_fn(outputs, labels, num_items_in_batch=torch.tensor(2))
-    assert model.mga_loss_scale() == 1024.0
+    assert model.alignment_head.loss_scale() == 1024.0
     loss_fn, _ = _loss_fn(model)
     loss_fn(outputs, labels)
-    assert model.mga_loss_scale() == 1.0
+    assert model.alignment_head.loss_scale() == 1.0
 
 
 def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
@@ -270,10 +270,10 @@ def test_a_one_sample_rank_calls_the_graph_network_as_the_others():
 def _global_graph_worker(rank: int, port: int, result_dir: str) -> None:
     import torch.distributed as dist
 
-    from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
+    from exgramed_plugin.head.head import gather_with_local_grad
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     local = torch.full((3 if rank == 0 else 2, 4), float(rank + 1), requires_grad=True)
-    gathered = ExGraMedForCausalLM._gather_with_local_grad(local)
+    gathered = gather_with_local_grad(local)
     (gathered * torch.arange(gathered.shape[0], dtype=torch.float32)[:, None]).sum().backward()
     Path(result_dir, f"rank{rank}.json").write_text(json.dumps(
         {"rows": gathered.shape[0], "first_col": gathered[:, 0].tolist(), "grad": local.grad[:, 0].tolist()}))

@@ -10,7 +10,7 @@ on and shrinks only the vocabulary:
   (ids 3-258 are ``<0x00>`` ... ``<0xFF>`` as in LLaMA, so any text still encodes), then the
   characters and merges learned here;
 * the same special tokens as the plugin's tiny checkpoints: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2
-  (``</s>`` is BOS *and* EOS, as in the LLaVA-Med lineage, method-spec §1.8) and the four added
+  (``</s>`` is BOS *and* EOS, as in the LLaVA-Med lineage, docs/method.md §1.8) and the four added
   tokens ``[PAD] <im_patch> <im_start> <im_end>`` in the original order, right after the trained
   vocabulary (their ids come from the tokenizer, never hard-coded, see ``ExGraMedConfig``).
 
