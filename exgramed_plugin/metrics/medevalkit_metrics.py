@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from exgramed_plugin.metrics.overlap import PRF, set_prf
+
 if TYPE_CHECKING:
     from exgramed_plugin.common.openai_client import ChatClient
 
@@ -297,13 +299,10 @@ def calculate_f1(prediction: str, ground_truth: str) -> int | tuple[float, float
     return f1, precision, recall
 
 
-def precision_recall_f1_corrected(prediction: str, ground_truth: str) -> tuple[float, float, float]:
-    """``(precision, recall, f1)`` of ``calculate_f1``'s word sets, each under its name; 0s for an empty side."""
-    result = calculate_f1(prediction, ground_truth)
-    if not isinstance(result, tuple):
-        return 0.0, 0.0, 0.0
-    f1, precision, recall = result
-    return float(precision), float(recall), float(f1)
+def precision_recall_f1_corrected(prediction: str, ground_truth: str) -> PRF:
+    """Precision, recall and F1 of ``calculate_f1``'s word sets (lower-cased, split on white space), each
+    under its name; 0s for an empty side."""
+    return set_prf(prediction.lower().split(), ground_truth.lower().split())
 
 
 def _bleu_and_em(answer: str, response: str) -> dict[str, float]:

@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from exgramed_plugin.metrics.overlap import set_prf
+
 # --------------------------------------------------------------------------------------------------
 # Normalisation (eval_metrics/glossary.py, itself the official VQA evaluation's processPunctuation /
 # processDigitArticle)
@@ -495,15 +497,10 @@ def closed_hit_strict(pred_text: str, gt_text: str) -> float:
 
 
 def token_prf_strict(pred_text: str, gt_text: str) -> tuple[float, float, float]:
-    """``(f1, precision, recall)`` on *sets* of normalised words (no multiplicity inflation)."""
-    pred_words = set(normalize_word_strict(pred_text).split())
-    gt_words = set(normalize_word_strict(gt_text).split())
-    shared = len(pred_words & gt_words)
-    if shared == 0:
-        return 0.0, 0.0, 0.0
-    precision = shared / len(pred_words)
-    recall = shared / len(gt_words)
-    return 2 * precision * recall / (precision + recall), precision, recall
+    """``(f1, precision, recall)`` (the original's order, as :class:`_MetricSet` takes it) on *sets* of
+    normalised words (no multiplicity inflation)."""
+    scores = set_prf(normalize_word_strict(pred_text).split(), normalize_word_strict(gt_text).split())
+    return scores.f1, scores.precision, scores.recall
 
 
 def exact_match_strict(pred_text: str, gt_text: str) -> float:
@@ -548,3 +545,47 @@ def mean_percent(values: Sequence[float]) -> float | None:
     if not values:
         return None
     return sum(values) / len(values) * 100
+
+
+# --------------------------------------------------------------------------------------------------
+# The original's eval-during-training metric (``prepare_compute_metrics``, docs/method.md §5), which
+# swift runs as ``--eval_metric exgra_vqa`` (swift_glue/metrics.py): swift passes no answer type, so
+# a label that normalises to yes / no is CLOSED and every other label OPEN.
+# --------------------------------------------------------------------------------------------------
+
+CLOSED_LABELS = frozenset({"yes", "no"})
+
+
+def is_closed_label(label: str) -> bool:
+    """CLOSED iff the normalised label is exactly ``yes`` or ``no``."""
+    return prepare_original(label) in CLOSED_LABELS
+
+
+def exgra_vqa_scores(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """``open_recall``, ``closed_acc`` and ``average`` (all ×100) plus the counts.
+
+    A type with no sample contributes nothing: ``average`` is then the other type's score (so it is
+    always present for ``--metric_for_best_model``), and the missing one is reported as 0.0 with
+    ``num_open``/``num_closed`` = 0 telling why.
+    """
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    open_scores: list[float] = []
+    closed_scores: list[float] = []
+    for prediction, label in zip(predictions, labels):
+        gt = prepare_original(label)
+        pred = prepare_original(prediction)
+        if gt in CLOSED_LABELS:
+            closed_scores.append(closed_hit_original(pred, gt))
+        else:
+            open_scores.append(calculate_f1score(pred, gt)[2])
+    open_recall = 100 * sum(open_scores) / len(open_scores) if open_scores else None
+    closed_acc = 100 * sum(closed_scores) / len(closed_scores) if closed_scores else None
+    present = [v for v in (open_recall, closed_acc) if v is not None]
+    return {
+        "open_recall": 0.0 if open_recall is None else open_recall,
+        "closed_acc": 0.0 if closed_acc is None else closed_acc,
+        "average": sum(present) / len(present) if present else 0.0,
+        "num_open": float(len(open_scores)),
+        "num_closed": float(len(closed_scores)),
+    }

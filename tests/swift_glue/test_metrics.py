@@ -14,7 +14,7 @@ CASES = [
 
 
 def test_scores_by_hand():
-    from exgramed_plugin.swift_glue.metrics import exgra_vqa_scores
+    from exgramed_plugin.metrics.vqa_metrics import exgra_vqa_scores
     scores = exgra_vqa_scores([c[0] for c in CASES], [c[1] for c in CASES])
     assert scores["closed_acc"] == pytest.approx(200 / 3)   # 2 of 3
     assert scores["open_recall"] == pytest.approx(25.0)     # (0.5 + 0) / 2
@@ -23,7 +23,7 @@ def test_scores_by_hand():
 
 
 def test_average_with_one_answer_type_only():
-    from exgramed_plugin.swift_glue.metrics import exgra_vqa_scores
+    from exgramed_plugin.metrics.vqa_metrics import exgra_vqa_scores
     scores = exgra_vqa_scores(["yes", "yes"], ["yes", "no"])
     assert scores["average"] == 50.0 and scores["closed_acc"] == 50.0 and scores["num_open"] == 0
 
