@@ -35,7 +35,7 @@ def test_recipe_keys_are_swift_arguments(recipe: Path):
     assert not unknown, f"{recipe.name}: not swift arguments: {sorted(unknown)}"
     assert set(env) <= MGA_ENV, f"{recipe.name}: unknown ENV keys {set(env) - MGA_ENV}"
     assert content["custom_register_path"] == "exgramed_plugin/register.py"
-    from exgramed_plugin.head.builtin import FAMILIES
+    from exgramed_plugin.head.families import FAMILIES
     supported = {("exgra_med", "exgra_med")} | {(f.model_type, f.template) for f in FAMILIES.values()}
     assert (content["model_type"], content["template"]) in supported
     assert content["freeze_vit"] is True
@@ -82,7 +82,7 @@ def test_recipe_trains_the_modules_its_image_nodes_come_from(registered, request
     # After swift's own model preparation (loader, head, LoRA / freeze flags) as `swift sft <recipe>` does it.
     from prepared_models import TINY_FIXTURES, prepared_model
 
-    from exgramed_plugin.head.builtin import IMAGE_NODE_MODULES, frozen_image_nodes, model_with_head
+    from exgramed_plugin.head.families import IMAGE_NODE_MODULES, frozen_image_nodes, model_with_head
     content = yaml.safe_load(recipes[0].read_text())
     for key, value in content.pop("ENV", {}).items():
         monkeypatch.setenv(key, value)

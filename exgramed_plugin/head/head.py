@@ -19,8 +19,10 @@ model (``model.mga`` in exgra_med, ``mga`` on a built-in model), so that the opt
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,8 +31,9 @@ from torch import distributed as dist
 
 from ..alignment import MultiGraphAlignment, MultiGraphAlignmentOutput, ProblemSplit
 from ..alignment.contrastive import CONTRASTIVE_OBJECTIVES, ContrastiveAlignment
-from .text_packing import pack_padded, packed_text_nodes
 from ..settings import POOLINGS, MGASettings
+from .families import HEAD_ATTRIBUTE, ModelFamily, zero_image_node
+from .text_packing import pack_padded, packed_text_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -147,24 +150,94 @@ def alignment_terms(alignment: MultiGraphAlignmentOutput) -> dict[str, Tensor]:
 
 
 class AlignmentHead:
-    """The architecture-independent MGA orchestration of one model (no parameters of its own).
+    """The MGA orchestration of one model of any family (no parameters of its own).
 
-    ``settings``: the MGA settings, or a config whose ``mga_*`` fields hold them (exgra_med: read
-    at every call, so that edits of the model's config apply). ``loss_scale`` is set by the ``exgra_mga`` loss: the AMP
-    GradScaler's current scale, which the black-box backward divides out.
+    ``settings``: the run's effective MGA settings, read once (for ``exgra_med`` the checkpoint's
+    ``mga_*`` fields with this run's explicit ones applied; for the built-in models the run's).
+    ``family``: where the model keeps what the head reads (head/families.py; needed by :meth:`run`,
+    not by the parts :meth:`text_nodes` and :meth:`align`); ``processor``: the
+    model's processor, for families whose image-less samples run the processor's black image.
+    ``loss_scale``: handed over by the ``exgra_mga`` loss with each step's outputs (the loss scale
+    the black-box backward divides out).
     """
 
-    def __init__(self, settings: Any) -> None:
-        self._settings = settings
+    def __init__(self, settings: MGASettings, family: ModelFamily | None = None, processor: Any = None) -> None:
+        self.settings = settings
+        self.family = family
+        self.processor = processor
         self.loss_scale: Callable[[], float] | None = None
         self.calls = 0
         self.warned_small_batch = False
         self._logged_padded_text_pass = False
+        self._zero_image: dict[str, Any] | None = None
 
-    @property
-    def settings(self) -> MGASettings:
-        source = self._settings
-        return source if isinstance(source, MGASettings) else MGASettings.from_config(source)
+    # -- one training step --------------------------------------------------------------------
+
+    def run(self, model: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """``forward(*args, **kwargs)`` of ``model``, and in training the alignment of its batch
+        (``outputs.align_loss`` / ``outputs.align_terms``): inside the call DDP, ZeRO-3 and FSDP wrap,
+        so gradient synchronisation sees every module the alignment uses."""
+        batch = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith("mga_")}
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None:
+            input_ids = batch.pop("mga_input_ids", None)
+        if not model.training:
+            return forward(*args, **kwargs)
+        if "mga_text_ids" not in batch:
+            raise ValueError(f"the alignment head of this {self.family.model_type} model got a training batch "
+                             f"without merged answers (mga_text_ids): train with --template {self.family.template} "
+                             "(the plugin's version of it emits them) and rows with extended answers")
+        if input_ids is None:
+            raise ValueError("the alignment head needs the batch's input_ids to find the image tokens")
+        with recorded_inputs_embeds(self.family.decoder_of(model)) as seen:
+            outputs = forward(*args, **kwargs)
+        if "inputs_embeds" not in seen:
+            raise RuntimeError("the language model was not called with inputs_embeds: cannot read the image nodes")
+        alignment = self.alignment(model, seen["inputs_embeds"], input_ids, batch)
+        _set_output(outputs, "align_loss", alignment.loss)
+        _set_output(outputs, "align_terms", alignment_terms(alignment))
+        return outputs
+
+    def alignment(self, model: nn.Module, lm_inputs_embeds: Tensor, input_ids: Tensor,
+                  batch: dict[str, Tensor]) -> MultiGraphAlignmentOutput:
+        """The alignment output of one training step of ``model`` (``batch``: the template's ``mga_*`` keys)."""
+        family = self.family
+        mask = input_ids == family.image_token_id(model.config)
+        states = lm_inputs_embeds[mask.to(lm_inputs_embeds.device)]
+        tokens_per_image, images_per_sample = self._image_bookkeeping(model, mask, batch)
+        zero_node = None
+        if any_rank(0 in images_per_sample, input_ids.device):
+            if self._zero_image is None:  # processed once, not at every step that needs it
+                self._zero_image = family.zero_image_inputs(model, self.processor)
+            zero_node = zero_image_node(model, self._zero_image)
+        z_image = image_nodes(states, tokens_per_image, images_per_sample, zero_node)
+        text = self.text_nodes_of(model, batch["mga_text_ids"], batch.get("mga_text_mask"), batch.get("mga_text_lengths"))
+        samples = len(images_per_sample)
+        if text.shape[0] != 2 * samples:
+            raise ValueError(f"the text passes have {text.shape[0]} samples, expected 2 x batch = {2 * samples} "
+                             "(answers then extended answers)")
+        return self.align(family.network_of(model), z_image.to(text.dtype), text[:samples], text[samples:])
+
+    def _image_bookkeeping(self, model: nn.Module, image_mask: Tensor, batch: dict[str, Tensor]
+                           ) -> tuple[list[int], list[int]]:
+        """Each image's token count and each sample's image count: the template's, or (families with a
+        fixed count per image, called without them) one sample per row."""
+        if "mga_image_tokens" in batch and "mga_images_per_sample" in batch:
+            return batch["mga_image_tokens"].tolist(), batch["mga_images_per_sample"].tolist()
+        if self.family.tokens_per_image is None:
+            raise ValueError(f"the alignment head of this {self.family.model_type} model needs the template's image "
+                             "bookkeeping (mga_image_tokens, mga_images_per_sample)")
+        tokens = int(getattr(model.config, self.family.tokens_per_image))
+        per_sample = (image_mask.sum(dim=1) // tokens).tolist()
+        if "mga_images_per_sample" in batch:  # a padding-free row holds several samples
+            per_sample = batch["mga_images_per_sample"].tolist()
+        return [tokens] * sum(per_sample), per_sample
+
+    def text_nodes_of(self, model: nn.Module, text_ids: Tensor, text_mask: Tensor | None = None,
+                      text_lengths: Tensor | None = None) -> Tensor:
+        """:meth:`text_nodes` through ``model``'s own text decoder."""
+        return self.text_nodes(self.family.decoder_of(model), text_ids, text_mask, text_lengths,
+                               position_rows=self.family.position_rows)
 
     # -- text nodes -------------------------------------------------------------------------
 
@@ -254,3 +327,41 @@ class AlignmentHead:
             logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
             self.warned_small_batch = True
         return output
+
+
+def _set_output(outputs: Any, name: str, value: Any) -> None:
+    """``outputs.<name> = value``, as an entry too where the output class declares the field."""
+    fields = getattr(type(outputs), "__dataclass_fields__", {})
+    if name in fields:
+        outputs[name] = value
+    else:
+        setattr(outputs, name, value)
+
+
+@contextmanager
+def recorded_inputs_embeds(decoder: nn.Module):
+    """Record the ``inputs_embeds`` of ``decoder``'s first call inside the block."""
+    seen: dict[str, Tensor] = {}
+
+    def hook(_module, args, kwargs):
+        if "inputs_embeds" not in seen and kwargs.get("inputs_embeds") is not None:
+            seen["inputs_embeds"] = kwargs["inputs_embeds"]
+
+    handle = decoder.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def attach_head(model: nn.Module, head: AlignmentHead) -> None:
+    """Give ``model`` the head: ``model.alignment_head``, and a forward that runs :meth:`AlignmentHead.run`
+    (the model's own forward, its signature kept, stays what it computes the language model with)."""
+    object.__setattr__(model, HEAD_ATTRIBUTE, head)
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        return head.run(model, original, args, kwargs)
+
+    model.forward = forward

@@ -19,9 +19,9 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from ..alignment import MultiGraphAlignmentOutput
 from ..alignment.contrastive import ContrastiveAlignment
-from ..head.head import AlignmentHead, alignment_terms, any_rank, build_alignment_network, image_nodes
+from ..head.families import FAMILIES
+from ..head.head import AlignmentHead, any_rank, attach_head, build_alignment_network
 from ..settings import MGASettings
 from .configuration import ExGraMedConfig, projector_depth
 from .biomedclip import OpenClipVisionTower, biomed_dense_features
@@ -141,9 +141,12 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         self.model = ExGraMedModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # the architecture-independent MGA orchestration (head/head.py); the graph network is model.mga
-        self.alignment_head = AlignmentHead(self.config) if config.mga_enabled else None
         self.post_init()
+        # the MGA head of every model family (head/head.py), its settings read once from this config;
+        # the graph network is model.mga (ExGraMedModel)
+        self.alignment_head = None
+        if config.mga_enabled:
+            attach_head(self, AlignmentHead(MGASettings.from_config(config), FAMILIES["exgra_med"]))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
@@ -180,53 +183,6 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         image_features = self.model.get_image_features(pixel_values)
         return self.model.splice_image_features(input_ids, inputs_embeds, image_features), image_features
 
-    # ----------------------------------------------------------------------------------------
-    # Multi-graph alignment (docs/method.md §3.2-§3.4), run inside forward so that DDP, ZeRO-3 and
-    # FSDP see every parameter it uses. The orchestration is the model-independent head; what is
-    # exgra_med's own is where its image nodes come from (the projector outputs).
-
-    def image_nodes(self, input_ids: Tensor, image_features: Tensor | None,
-                    images_per_sample: list[int] | None = None) -> Tensor:
-        """Per-sample mean of the projector outputs over its image tokens ``[B, hidden]``.
-
-        ``images_per_sample`` (from the template) is needed when a row holds several samples
-        (padding-free); without it each row is one sample. A sample without an image gets the node
-        of an all-zero image, as the original did; with several processes every rank computes it
-        when any rank needs it (ZeRO-3 gathers the tower's weights in every call, so all ranks must
-        make the same calls).
-        """
-        tokens = self.config.num_image_tokens
-        if images_per_sample is None:
-            images_per_sample = ((input_ids == self.config.im_patch_token_id).sum(dim=1) // tokens).tolist()
-        zero_node = None
-        if any_rank(image_features is None or 0 in images_per_sample, input_ids.device):
-            size = self.config.vision_config.image_size
-            zero_image = torch.zeros(1, 3, size, size, device=input_ids.device)
-            zero_node = self.model.get_image_features(zero_image).mean(dim=1)[0]
-        if image_features is None:
-            return zero_node[None].expand(len(images_per_sample), -1)
-        states = image_features.reshape(-1, image_features.shape[-1])
-        return image_nodes(states, [tokens] * image_features.shape[0], images_per_sample, zero_node)
-
-    def text_nodes(self, text_ids: Tensor, text_mask: Tensor | None = None,
-                   text_lengths: Tensor | None = None) -> Tensor:
-        """Pooled LLM states (after the final norm) of the merged answers ``[N, hidden]`` (head/head.py)."""
-        return self.alignment_head.text_nodes(self.model, text_ids, text_mask, text_lengths)
-
-    def multi_graph_alignment(self, input_ids: Tensor, image_features: Tensor | None, text_ids: Tensor,
-                              text_mask: Tensor | None, text_lengths: Tensor | None = None,
-                              images_per_sample: Tensor | None = None) -> MultiGraphAlignmentOutput:
-        """MGA over image, answer and extended-answer nodes; both text passes in one batch."""
-        per_sample = None if images_per_sample is None else [int(n) for n in images_per_sample.tolist()]
-        batch = input_ids.shape[0] if per_sample is None else len(per_sample)
-        samples = text_lengths.shape[0] if text_lengths is not None else text_ids.shape[0]
-        if samples != 2 * batch:
-            raise ValueError(f"the text passes have {samples} samples, expected 2 x batch = {2 * batch} "
-                             "(answers then extended answers)")
-        z_image = self.image_nodes(input_ids, image_features, per_sample)
-        text = self.text_nodes(text_ids, text_mask, text_lengths)
-        return self.alignment_head.align(self.model.mga, z_image, text[:batch], text[batch:])
-
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -238,24 +194,15 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         pixel_values: Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | Tensor = 0,
-        mga_text_ids: Tensor | None = None,
-        mga_text_mask: Tensor | None = None,
-        mga_text_lengths: Tensor | None = None,
-        mga_image_tokens: Tensor | None = None,
-        mga_images_per_sample: Tensor | None = None,
         **kwargs,
     ) -> ExGraMedCausalLMOutput:
-        """``mga_*``: the template's alignment inputs (training with MGA); ``mga_images_per_sample``
-        tells the samples of a padding-free row apart."""
+        """The language model on the spliced embeddings; in training with MGA the alignment head wraps
+        this call (head/head.py ``AlignmentHead.run``) and adds ``align_loss`` / ``align_terms``."""
         image_features = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             inputs_embeds, image_features = self.embed_multimodal(input_ids, pixel_values)
-        if mga_image_tokens is not None and len(mga_image_tokens) != (0 if image_features is None
-                                                                     else image_features.shape[0]):
-            raise ValueError(f"the template counted {len(mga_image_tokens)} image(s) in the batch, pixel_values holds "
-                             f"{0 if image_features is None else image_features.shape[0]}")
         if use_cache is None and self.training:
             use_cache = False  # no cache in training: sdpa then reads packed samples from restarting positions
         outputs = self.model(
@@ -272,11 +219,6 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        align_loss = align_terms = None
-        if mga_text_ids is not None and self.training and hasattr(self.model, "mga"):
-            alignment = self.multi_graph_alignment(input_ids, image_features, mga_text_ids, mga_text_mask,
-                                                   mga_text_lengths, mga_images_per_sample)
-            align_loss, align_terms = alignment.loss, alignment_terms(alignment)
         return ExGraMedCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -284,6 +226,4 @@ class ExGraMedForCausalLM(ExGraMedPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
-            align_loss=align_loss,
-            align_terms=align_terms,
         )

@@ -19,7 +19,8 @@ from typing import Any
 from swift.model.register import ModelLoader
 from swift.template import TEMPLATE_MAPPING
 
-from ..head.builtin import FAMILIES, NETWORK_NAME, attach_alignment_head, image_token_id, unsupported_model_type_error
+from ..head.builtin import attach_alignment_head
+from ..head.families import BUILTIN_FAMILIES, NETWORK_NAME, unsupported_model_type_error
 from ..head.side_file import load_side_file, side_file_path
 from ..settings import current_settings
 from .alignment_inputs import collate_alignment_inputs, image_token_counts, merged_answer_ids, row_context
@@ -38,7 +39,7 @@ class AlignmentTemplateMixin:
 
     def _mga_image_token_id(self) -> int:
         config = getattr(self, "config", None) or self.model_info.config
-        return image_token_id(config)
+        return self.mga_family.image_token_id(config)
 
     def _encode(self, inputs) -> dict[str, Any]:
         encoded = super()._encode(inputs)
@@ -77,13 +78,13 @@ class AlignmentTemplateMixin:
 
 def install_alignment_templates() -> None:
     """Point each supported model's template at its alignment subclass (idempotent)."""
-    for family in FAMILIES.values():
+    for family in BUILTIN_FAMILIES.values():
         meta = TEMPLATE_MAPPING.get(family.template)
         if meta is None or getattr(meta.template_cls, _PATCH_MARK, False):
             continue
         base = meta.template_cls
         meta.template_cls = type(base.__name__, (AlignmentTemplateMixin, base),
-                                 {_PATCH_MARK: True, "__module__": __name__,
+                                 {_PATCH_MARK: True, "__module__": __name__, "mga_family": family,
                                   "__doc__": f"swift's {base.__name__} with the alignment head's training inputs."})
 
 
@@ -100,7 +101,7 @@ def attach_head_after_load() -> None:
         if model is None or getattr(self, "return_dummy_model", False) or not settings.active \
                 or model_type in _OWN_MODEL_TYPES:
             return model, processor
-        if model_type not in FAMILIES:
+        if model_type not in BUILTIN_FAMILIES:
             raise unsupported_model_type_error(model_type)
         attach_alignment_head(model, model_type, settings, processor)
         model_dir = self.model_info.model_dir

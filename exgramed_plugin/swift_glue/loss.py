@@ -15,18 +15,12 @@ import logging
 import torch
 from swift.loss import BaseLoss, loss_map
 
-from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, model_with_head, unsupported_model_type_error
+from ..head.families import HEAD_ATTRIBUTE, model_with_head, unsupported_model_type_error
 from ..head.loss_scale import applied_loss_scale
 from ..settings import LOSS_TYPE, current_settings
 from .training_guard import SkippedAlignmentReport
 
 logger = logging.getLogger(__name__)
-
-
-def _graph_network(model):
-    """``model.mga`` (exgra_med) or ``mga`` (built-in models)."""
-    inner = getattr(model, "model", None)
-    return getattr(inner, NETWORK_NAME, None) if hasattr(inner, NETWORK_NAME) else getattr(model, NETWORK_NAME, None)
 
 
 class ExGraMedAlignmentLoss(BaseLoss):
@@ -51,7 +45,7 @@ class ExGraMedAlignmentLoss(BaseLoss):
             self.alpha = float(head.settings.alpha)
             self.global_graph = bool(head.settings.global_graph)
             head.loss_scale = self._amp_loss_scale
-            mga = _graph_network(self.model)
+            mga = head.family.network_of(self.model)
             if mga is not None and not any(p.requires_grad for p in mga.parameters()):
                 logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
                                "--modules_to_save mga to train and save it")

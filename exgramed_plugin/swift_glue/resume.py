@@ -25,7 +25,7 @@ from swift.callbacks import TrainerCallback
 from torch import nn
 
 from ..common.jsonio import read_json, write_json
-from ..head.builtin import HEAD_ATTRIBUTE, NETWORK_NAME, frozen_image_nodes, model_with_head
+from ..head.families import HEAD_ATTRIBUTE, NETWORK_NAME, frozen_image_nodes, model_with_head
 from ..head.head import distributed_rank
 from ..head.side_file import load_side_file, side_file_path
 from ..common.weight_files import check_weight_files, load_weight_file

@@ -178,9 +178,9 @@ def model_type_problem(args: Any) -> str | None:
     fitting = fitting_model_types(folder)
     if not fitting or model_type in fitting:
         return None
-    from ..head.builtin import FAMILIES, SUPPORTED_MODEL_TYPES
+    from ..head.families import FAMILIES, SUPPORTED_MODEL_TYPES
     supported = [t for t in fitting if t in SUPPORTED_MODEL_TYPES]
-    use = ", ".join(f"--model_type {t} --template {FAMILIES[t].template if t in FAMILIES else t}" for t in supported)
+    use = ", ".join(f"--model_type {t} --template {FAMILIES[t].template}" for t in supported)
     return (f"--model_type {model_type} does not fit {folder}: its config.json has model_type "
             f"{checkpoint_model_type(folder)!r}, which swift loads as {', '.join(fitting)}; "
             + (f"with --loss_type {LOSS_TYPE} use {use}" if use else

@@ -46,7 +46,7 @@ def load_with_head(checkpoint, model_type: str, **mga):
     from swift.model import get_model_processor
     from swift.template import get_template
 
-    from exgramed_plugin.head.builtin import FAMILIES
+    from exgramed_plugin.head.families import FAMILIES
     from exgramed_plugin.settings import parse_settings, use_settings
     use_settings(parse_settings({}, mga, loss_type="exgra_mga"))
     model, processor = get_model_processor(str(checkpoint), model_type=model_type, torch_dtype=torch.float32,

@@ -16,10 +16,10 @@ import torch
 from torch import distributed as dist
 from transformers import TrainingArguments
 
-from exgramed_plugin.head.builtin import BuiltinAlignmentHead
+from exgramed_plugin.head.head import AlignmentHead
 
-_original_alignment = BuiltinAlignmentHead.alignment
-_original_align = BuiltinAlignmentHead.align
+_original_alignment = AlignmentHead.alignment
+_original_align = AlignmentHead.align
 
 
 def _alignment(self, model, lm_inputs_embeds, input_ids, batch):
@@ -37,8 +37,8 @@ def _align(self, network, z_image, z_text, z_extended):
     return _original_align(self, network, z_image, z_text, z_extended)
 
 
-BuiltinAlignmentHead.alignment = _alignment
-BuiltinAlignmentHead.align = _align
+AlignmentHead.alignment = _alignment
+AlignmentHead.align = _align
 
 _should_save = TrainingArguments.should_save
 TrainingArguments.should_save = property(

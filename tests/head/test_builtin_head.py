@@ -184,7 +184,7 @@ def test_side_file_loads_into_a_fresh_head(registered, tiny_qwen2_5_vl, loaded, 
 
 
 def test_frozen_image_node_modules_are_named_with_the_flag_that_trains_them(loaded):
-    from exgramed_plugin.head.builtin import frozen_image_nodes
+    from exgramed_plugin.head.families import frozen_image_nodes
     model, _ = loaded
     visual = list(model.model.visual.parameters())
     states = [p.requires_grad for p in visual]

@@ -15,7 +15,7 @@ TUNERS = {"full": {"tuner_type": "full"},
 @pytest.mark.parametrize("tuner", sorted(TUNERS))
 @pytest.mark.parametrize("model_type", sorted(TINY_FIXTURES))
 def test_following_the_warning_trains_the_image_node_modules(registered, request, model_type, tuner, tmp_path):
-    from exgramed_plugin.head.builtin import FAMILIES, frozen_image_nodes, model_with_head
+    from exgramed_plugin.head.families import FAMILIES, frozen_image_nodes, model_with_head
     model_dir = request.getfixturevalue(TINY_FIXTURES[model_type])
     template = FAMILIES[model_type].template if model_type in FAMILIES else model_type
     arguments = {**FROZEN, **TUNERS[tuner], "model_type": model_type, "template": template}

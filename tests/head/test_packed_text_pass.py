@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 from conftest import DATA_TEMPLATES
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
 from exgramed_plugin.head.text_packing import attention_break_even, pack_padded, packed_text_nodes, plan_layout
+from exgramed_plugin.settings import MGASettings
 
 ATOL = 1e-5
 # on the tiny model: 4 rows of 40 positions; one row of 311 (cheaper than rows of the longest, 300)
@@ -68,9 +69,9 @@ def test_packed_nodes_equal_a_padded_forward(tiny_checkpoint, attn, lengths, row
     with torch.no_grad():
         reference = _reference_nodes(model, sequences)
         ids, lengths = _packed(sequences)
-        torch.testing.assert_close(model.text_nodes(ids, text_lengths=lengths), reference, atol=ATOL, rtol=0)
+        torch.testing.assert_close(model.alignment_head.text_nodes_of(model, ids, text_lengths=lengths), reference, atol=ATOL, rtol=0)
         # a padded batch is packed by the model: the same nodes
-        torch.testing.assert_close(model.text_nodes(*_padded(sequences)), reference, atol=ATOL, rtol=0)
+        torch.testing.assert_close(model.alignment_head.text_nodes_of(model, *_padded(sequences)), reference, atol=ATOL, rtol=0)
 
 
 def test_token_embedding_nodes_are_packed_too(tiny_checkpoint):
@@ -78,7 +79,7 @@ def test_token_embedding_nodes_are_packed_too(tiny_checkpoint):
     sequences = _sequences(BUCKETED)
     with torch.no_grad():
         ids, lengths = _packed(sequences)
-        torch.testing.assert_close(model.text_nodes(ids, text_lengths=lengths), _reference_nodes(model, sequences),
+        torch.testing.assert_close(model.alignment_head.text_nodes_of(model, ids, text_lengths=lengths), _reference_nodes(model, sequences),
                                    atol=ATOL, rtol=0)
 
 
@@ -89,9 +90,9 @@ def test_changing_one_sample_changes_only_its_node(tiny_checkpoint):
     changed[3][5:] = torch.randint(5, 30000, (len(changed[3]) - 5,), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         ids, lengths = _packed(sequences)
-        before = model.text_nodes(ids, text_lengths=lengths)
+        before = model.alignment_head.text_nodes_of(model, ids, text_lengths=lengths)
         ids, lengths = _packed(changed)
-        after = model.text_nodes(ids, text_lengths=lengths)
+        after = model.alignment_head.text_nodes_of(model, ids, text_lengths=lengths)
     others = [i for i in range(len(sequences)) if i != 3]
     torch.testing.assert_close(after[others], before[others], atol=1e-6, rtol=0)
     assert (after[3] - before[3]).abs().max() > 1e-3
@@ -256,6 +257,7 @@ def test_packed_and_padded_batches_give_the_same_alignment_gradients(registered,
     encoded = [template.encode(r) for r in _rows()]
     packed = template.data_collator(encoded)
     model.config.mga_text_packing = False
+    model.alignment_head.settings = MGASettings.from_config(model.config)  # the head reads its settings once
     padded = template.data_collator(encoded)
     sequences = [e["merged_answer_ids"] for e in encoded] + [e["extended_answer_ids"] for e in encoded]
     assert packed["mga_text_ids"].shape == (1, sum(map(len, sequences))) and "mga_text_mask" not in packed
@@ -263,6 +265,7 @@ def test_packed_and_padded_batches_give_the_same_alignment_gradients(registered,
     assert padded["mga_text_ids"].shape == (len(sequences), max(map(len, sequences)))
     loss_padded, grads_padded = _align_grads(model, padded)
     model.config.mga_text_packing = True
+    model.alignment_head.settings = MGASettings.from_config(model.config)
     loss_packed, grads_packed = _align_grads(model, packed)
     torch.testing.assert_close(loss_packed, loss_padded, atol=ATOL, rtol=0)
     assert grads_packed.keys() == grads_padded.keys()
@@ -278,14 +281,14 @@ def test_padded_pooling_uses_the_padded_pass_and_says_so_once(registered, tiny_c
     assert "mga_text_mask" in batch and "mga_text_lengths" not in batch
     ids, mask = batch["mga_text_ids"], batch["mga_text_mask"]
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="exgramed_plugin.modeling.modeling"):
-        nodes = model.text_nodes(ids, mask)
-        model.text_nodes(ids, mask)
+        nodes = model.alignment_head.text_nodes_of(model, ids, mask)
+        model.alignment_head.text_nodes_of(model, ids, mask)
         hidden = model.model(inputs_embeds=model.model.embed_tokens(ids), attention_mask=mask).last_hidden_state
     torch.testing.assert_close(nodes, hidden.mean(dim=1), atol=ATOL, rtol=0)  # the mean over padding too
     assert sum("because mga_pooling=padded" in r.message for r in caplog.records) == 1
     packed_ids, lengths = pack_padded(ids, mask)
     with pytest.raises(ValueError, match="mga_pooling='padded'"):
-        model.text_nodes(packed_ids, text_lengths=lengths)
+        model.alignment_head.text_nodes_of(model, packed_ids, text_lengths=lengths)
 
 
 def test_embedding_hooks_see_a_batch_dimension(tiny_checkpoint):

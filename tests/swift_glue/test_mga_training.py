@@ -16,7 +16,7 @@ from conftest import DATA_TEMPLATES, REPO_ROOT, free_port
 from exgramed_plugin.alignment import PROBLEM_NAMES
 from exgramed_plugin.data.conversation import merge_answers
 from exgramed_plugin.modeling.configuration import ExGraMedConfig
-from exgramed_plugin.settings import apply_mga_to_config, parse_settings
+from exgramed_plugin.settings import MGASettings, apply_mga_to_config, parse_settings
 
 SWIFT = str(Path(sys.executable).parent / "swift")
 REGISTER = str(REPO_ROOT / "exgramed_plugin" / "register.py")
@@ -118,13 +118,16 @@ def test_text_node_pooling(mga_setup):
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     with torch.no_grad():
         hidden = model.model(inputs_embeds=model.model.embed_tokens(ids), attention_mask=mask).last_hidden_state
-        masked = model.text_nodes(ids, mask)
+        masked = model.alignment_head.text_nodes_of(model, ids, mask)
         torch.testing.assert_close(masked[1], hidden[1, :2].mean(0))
         config.mga_pooling = "padded"
-        torch.testing.assert_close(model.text_nodes(ids, mask)[1], hidden[1].mean(0))
+        model.alignment_head.settings = MGASettings.from_config(config)  # the head reads its settings once
+        torch.testing.assert_close(model.alignment_head.text_nodes_of(model, ids, mask)[1], hidden[1].mean(0))
         config.mga_after_de = False
-        torch.testing.assert_close(model.text_nodes(ids, mask)[0], model.model.embed_tokens(ids[0]).mean(0))
+        model.alignment_head.settings = MGASettings.from_config(config)
+        torch.testing.assert_close(model.alignment_head.text_nodes_of(model, ids, mask)[0], model.model.embed_tokens(ids[0]).mean(0))
     config.mga_pooling, config.mga_after_de = "masked", True
+    model.alignment_head.settings = MGASettings.from_config(config)
 
 
 def test_batch_of_one_gives_zero_loss_and_warns_once(mga_setup, caplog):
@@ -175,11 +178,13 @@ def test_alignment_term_is_scaled_like_swift_scales_the_lm_term(mga_setup, accum
                                                                  divisor):
     model, _, config = mga_setup
     config.mga_global_graph = global_graph
+    model.alignment_head.settings = MGASettings.from_config(config)  # the head reads its settings once
     loss_fn, trainer = _loss_fn(model, accumulation=accumulation, processes=processes)
     outputs, labels = _fake_outputs()
     lm = torch.log(torch.tensor(8.0))
     total = loss_fn(outputs, labels, num_items_in_batch=torch.tensor(4))
     config.mga_global_graph = False
+    model.alignment_head.settings = MGASettings.from_config(config)
     # 2 local tokens of 4 in the whole step; alpha = 1
     torch.testing.assert_close(total, 2 * lm / 4 + 0.6 / divisor)
     metrics = trainer.custom_metrics["train"]
@@ -238,9 +243,11 @@ def _module_calls(run, modules: dict) -> dict[str, int]:
 
 def test_a_text_only_rank_calls_the_modules_an_image_rank_calls(mga_setup, monkeypatch):
     # Emulated in one process: any_rank answers as it does when another rank has images.
+    from exgramed_plugin.head import head
     from exgramed_plugin.modeling import modeling
     model, template, _ = mga_setup
-    monkeypatch.setattr(modeling, "any_rank", lambda flag, device: True)
+    monkeypatch.setattr(modeling, "any_rank", lambda flag, device: True)  # the model's embedding step
+    monkeypatch.setattr(head, "any_rank", lambda flag, device: True)  # the head's zero-image node
     template.set_mode("train")
     image_rows = [row for row in _rows() if row.get("images")][:2]
     text_rows = [dict(row, images=[], messages=[dict(m, content=m["content"].replace("<image>\n", "").replace(
