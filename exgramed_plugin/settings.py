@@ -312,6 +312,15 @@ def apply_mga_to_config(config: Any, settings: PluginSettings) -> MGASettings:
     return MGASettings.from_config(config)
 
 
+def mga_settings_of(config: Any) -> MGASettings:
+    """The effective MGA settings of this run for a model with ``config``: an ``exgra_med`` config carries
+    them (the checkpoint's ``mga_*`` values with this run's explicit ones applied at load,
+    :func:`apply_mga_to_config`); the other model types take the run's."""
+    if config is not None and hasattr(config, "mga_enabled"):
+        return MGASettings.from_config(config)
+    return current_settings().mga
+
+
 _CURRENT: list[PluginSettings] = []
 _LOGGED: list[PluginSettings] = []
 

@@ -1,10 +1,10 @@
-"""swift's built-in VLMs with ``--loss_type exgra_mga``: template, loader and resume hooks.
+"""Every model family with ``--loss_type exgra_mga``: the template mixin, and the built-in VLMs' loader hook.
 
-* Templates: each supported model's built-in template class gets :class:`AlignmentTemplateMixin`
-  (swift's ``TEMPLATE_MAPPING`` entry points to the subclass), which in training with MGA adds the
-  merged (extended) answer ids and per-image token counts to a row and the text passes to the
-  batch. Inference, ``swift infer`` / ``deploy`` and generation are untouched: the mixin does
-  nothing outside training with MGA.
+* Templates: each family's template class (``exgra_med``'s own and swift's built-in ones) gets
+  :class:`AlignmentTemplateMixin` (swift's ``TEMPLATE_MAPPING`` entry points to the subclass), which
+  in training with MGA adds the merged (extended) answer ids and per-image token counts to a row
+  and the text passes to the batch. Inference, ``swift infer`` / ``deploy`` and generation are
+  untouched: the mixin does nothing outside training with MGA.
 * Loading: after swift loads a model (``ModelLoader.load``), a run with MGA active attaches the
   alignment head (head/builtin.py), with the graph network of the checkpoint's side file when it
   has one; an unsupported model type stops there, listing the supported ones.
@@ -20,9 +20,9 @@ from swift.model.register import ModelLoader
 from swift.template import TEMPLATE_MAPPING
 
 from ..head.builtin import attach_alignment_head
-from ..head.families import BUILTIN_FAMILIES, NETWORK_NAME, unsupported_model_type_error
+from ..head.families import BUILTIN_FAMILIES, FAMILIES, NETWORK_NAME, unsupported_model_type_error
 from ..head.side_file import load_side_file, side_file_path
-from ..settings import current_settings
+from ..settings import MGASettings, current_settings, mga_settings_of
 from .alignment_inputs import collate_alignment_inputs, image_token_counts, merged_answer_ids, row_context
 
 logger = logging.getLogger(__name__)
@@ -31,32 +31,47 @@ _OWN_MODEL_TYPES = ("exgra_med",)
 
 
 class AlignmentTemplateMixin:
-    """Training rows and batches for the alignment head, on top of a built-in swift template."""
+    """Training rows and batches for the alignment head, on top of a family's swift template.
 
-    def init_processor(self, processor) -> None:
-        super().init_processor(processor)
-        self.mga_settings = current_settings().mga
+    ``mga_settings``: the run's effective MGA settings for this model (:func:`mga_settings_of`), read
+    once, when swift gives the template its model config (``init_processor``), and again only if a
+    new config is given.
+    """
 
-    def _mga_image_token_id(self) -> int:
-        config = getattr(self, "config", None) or self.model_info.config
-        return self.mga_family.image_token_id(config)
+    mga_family = None  # the ModelFamily, set on each installed subclass
+    mga_settings: MGASettings | None = None
+
+    @property
+    def config(self):
+        return self.__dict__.get("_model_config_value")
+
+    @config.setter
+    def config(self, value) -> None:
+        self.__dict__["_model_config_value"] = value
+        self.mga_settings = mga_settings_of(value)
+
+    def _mga_run_settings(self) -> MGASettings:
+        if self.mga_settings is None:  # a template swift never gave a config
+            self.mga_settings = mga_settings_of(None)
+        return self.mga_settings
 
     def _encode(self, inputs) -> dict[str, Any]:
         encoded = super()._encode(inputs)
-        if not (self.is_training and self.mga_settings.active):
+        if not (self.is_training and self._mga_run_settings().active):
             return encoded
         context = row_context(inputs)
         answers = [m["content"] for m in inputs.messages if m["role"] == "assistant"]
         encoded.update(merged_answer_ids(self.tokenizer, answers, (inputs.extra_kwargs or {}).get("extended_answers"),
                                          max_length=self.max_length, context=context))
-        encoded["mga_image_tokens"] = image_token_counts(encoded["input_ids"], self._mga_image_token_id(),
+        encoded["mga_image_tokens"] = image_token_counts(encoded["input_ids"],
+                                                         self.mga_family.image_token_id(self.config),
                                                          len(inputs.images or []), context=context)
         return encoded
 
     def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
         alignment = {}
         if batch and "merged_answer_ids" in batch[0]:  # before swift's collation: padding-free packs `batch` in place
-            settings = self.mga_settings
+            settings = self._mga_run_settings()
             alignment = collate_alignment_inputs(batch, packed=settings.text_packing and settings.pooling != "padded",
                                                  pad_token_id=self.tokenizer.pad_token_id)
         result = super()._data_collator(batch, padding_to=padding_to)
@@ -77,8 +92,8 @@ class AlignmentTemplateMixin:
 
 
 def install_alignment_templates() -> None:
-    """Point each supported model's template at its alignment subclass (idempotent)."""
-    for family in BUILTIN_FAMILIES.values():
+    """Point each family's template at its alignment subclass (idempotent)."""
+    for family in FAMILIES.values():
         meta = TEMPLATE_MAPPING.get(family.template)
         if meta is None or getattr(meta.template_cls, _PATCH_MARK, False):
             continue

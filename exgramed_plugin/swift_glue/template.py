@@ -15,13 +15,14 @@ from swift.template.template_inputs import StdTemplateInputs
 from ..data.conversation import (IMAGE_TAG, SEPARATOR, SYSTEM_PROMPT, Segment, check_turns, image_block,
                                  inference_prompt, postprocess_response, tokenize_segments, training_segments)
 from ..settings import TemplateSettings, current_settings
-from .alignment_inputs import collate_alignment_inputs, merged_answer_ids, row_context
+from .alignment_inputs import row_context
 
 TEMPLATE_TYPE = "exgra_med"
 
 
 class ExGraMedTemplate(Template):
-    """Encodes conversations exactly as the original LLaVA-Med v0 code formats them.
+    """Encodes conversations exactly as the original LLaVA-Med v0 code formats them (in training with
+    MGA the alignment inputs come from the mixin every family's template gets, builtin_models.py).
 
     ``settings`` (prompt style, response mode, legacy tokenization) are the process's settings when
     the template is made; ``exgramed predict`` replaces them with its command-line choices.
@@ -94,29 +95,7 @@ class ExGraMedTemplate(Template):
         if images:
             rgb = [image.convert("RGB") for image in images]
             encoded["pixel_values"] = self.processor.image_processor(rgb, return_tensors="pt")["pixel_values"]
-        if self.is_training and getattr(self._model_config, "mga_enabled", False):
-            encoded.update(self._alignment_ids(messages, inputs, context))
-            # per-image token counts: a padding-free row holds several samples (collate_alignment_inputs)
-            encoded["mga_image_tokens"] = [self._model_config.num_image_tokens] * len(images)
         return encoded
-
-    def _alignment_ids(self, messages: list[dict], inputs: StdTemplateInputs, context: str) -> dict[str, list[int]]:
-        """Token ids of the merged answers and merged extended answers (§3.1), BOS first."""
-        answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        return merged_answer_ids(self.tokenizer, answers, (inputs.extra_kwargs or {}).get("extended_answers"),
-                                 max_length=self.max_length, context=context)
-
-    def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
-        """swift's collation plus, in training with MGA, the step's text passes (alignment_inputs.py):
-        packed unless ``mga_pooling=padded`` or ``mga_text_packing`` is off."""
-        alignment = {}
-        if batch and "merged_answer_ids" in batch[0]:  # before swift's collation: padding-free packs `batch` in place
-            config = self._model_config
-            packed = getattr(config, "mga_text_packing", True) and getattr(config, "mga_pooling", "masked") != "padded"
-            alignment = collate_alignment_inputs(batch, packed=packed, pad_token_id=self.tokenizer.pad_token_id)
-        result = super()._data_collator(batch, padding_to=padding_to)
-        result.update(alignment)
-        return result
 
     def decode_generate_ids(self, generate_ids, *, is_finished: bool = True, first_token=True, template_inputs=None,
                             **kwargs) -> Any:

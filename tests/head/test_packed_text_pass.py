@@ -257,7 +257,8 @@ def test_packed_and_padded_batches_give_the_same_alignment_gradients(registered,
     encoded = [template.encode(r) for r in _rows()]
     packed = template.data_collator(encoded)
     model.config.mga_text_packing = False
-    model.alignment_head.settings = MGASettings.from_config(model.config)  # the head reads its settings once
+    model.alignment_head.settings = MGASettings.from_config(model.config)  # head and template read them once
+    template.mga_settings = model.alignment_head.settings
     padded = template.data_collator(encoded)
     sequences = [e["merged_answer_ids"] for e in encoded] + [e["extended_answer_ids"] for e in encoded]
     assert packed["mga_text_ids"].shape == (1, sum(map(len, sequences))) and "mga_text_mask" not in packed
@@ -266,6 +267,7 @@ def test_packed_and_padded_batches_give_the_same_alignment_gradients(registered,
     loss_padded, grads_padded = _align_grads(model, padded)
     model.config.mga_text_packing = True
     model.alignment_head.settings = MGASettings.from_config(model.config)
+    template.mga_settings = model.alignment_head.settings
     loss_packed, grads_packed = _align_grads(model, packed)
     torch.testing.assert_close(loss_packed, loss_padded, atol=ATOL, rtol=0)
     assert grads_packed.keys() == grads_padded.keys()
