@@ -13,7 +13,7 @@ LLaMA tokenizer, and synthetic batches of the shape the ``exgra_med`` template p
 + question + answer, and the merged answers / extended answers of the alignment). For each precision
 it times forward + backward + AdamW step (after one warm-up step), with ``torch.autocast`` and, for
 fp16, a ``GradScaler`` whose current scale is handed to the MGA black-box backward
-(``model.alignment_head.loss_scale``), as the ``exgra_mga`` loss does under swift. Attention: flash-attn 2 when
+(the step's ``outputs.align_loss_scale``), as the ``exgra_mga`` loss does under swift. Attention: flash-attn 2 when
 importable, else sdpa.
 
 ``--model qwen2_5_vl``: the model-independent alignment head (exgramed_plugin/head/builtin.py) on
@@ -132,8 +132,6 @@ def run_precision(model, batch: dict, dtype_name: str, steps: int) -> dict:
     if dtype_name == "bf16" and not torch.cuda.is_bf16_supported():
         return {"skipped": "bf16 is not supported by this GPU"}
     scaler = torch.amp.GradScaler("cuda", enabled=dtype_name == "fp16")
-    # the black-box backward divides the incoming (scaled) gradient by the current scale
-    model.alignment_head.loss_scale = (lambda: float(scaler.get_scale())) if scaler.is_enabled() else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
     inputs = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
     torch.cuda.reset_peak_memory_stats()
@@ -144,6 +142,8 @@ def run_precision(model, batch: dict, dtype_name: str, steps: int) -> dict:
         with torch.autocast("cuda", dtype=dtype):
             out = model(**inputs)
             loss = out.loss + model.config.mga_alpha * out.align_loss
+        if scaler.is_enabled():  # the black-box backward divides the incoming (scaled) gradient by the current scale
+            out.align_loss_scale.source = lambda: float(scaler.get_scale())
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

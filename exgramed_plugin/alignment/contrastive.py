@@ -67,7 +67,7 @@ def retrieval_accuracy(z_image: Tensor, z_text: Tensor) -> Tensor:
 class ContrastiveAlignment(nn.Module):
     """Drop-in replacement for :class:`MultiGraphAlignment` with a pairwise contrastive objective.
 
-    Same call signature and output type as MGA, so the model's ``multi_graph_alignment`` and the
+    Same call signature and output type as MGA, so the alignment head (head/head.py) and the
     ``exgra_mga`` loss work unchanged: ``hamming`` is empty, ``matching_accuracy`` is the image →
     answer top-1 retrieval accuracy, and ``extras`` holds the current temperature / bias. The
     temperature (and SigLIP bias) are parameters trained with the model unless ``learnable=False``.

@@ -1,7 +1,8 @@
 """The alignment head: everything around the MGA loss that does not depend on the architecture.
 
-Any model that carries the head (``exgra_med`` and swift's built-in VLMs, head/builtin.py) gives it
-three node sets and receives the alignment output:
+One way in for every model family (head/families.py: ``exgra_med`` and swift's built-in VLMs):
+:meth:`AlignmentHead.run` wraps the model's forward (:func:`attach_head`), records what the language
+model receives, and in training builds three node sets and the alignment output:
 
 * image nodes: per image, the mean of what the language model receives at that image's token
   positions; per sample, the mean over its images (:func:`image_nodes`);
@@ -9,7 +10,8 @@ three node sets and receives the alignment output:
   merged answers and merged extended answers of each sample, one packed text pass per step
   (:meth:`AlignmentHead.text_nodes`, head/text_packing.py);
 * the alignment itself (:meth:`AlignmentHead.align`): the global-graph gather, the per-step seeded
-  Gumbel noise, the AMP loss scale and the once-only small-batch warning.
+  Gumbel noise, the loss scale the ``exgra_mga`` loss hands over (:class:`StepLossScale`) and the
+  once-only small-batch warning.
 
 The trainable part, the graph network (:func:`build_alignment_network`), is a submodule of the
 model (``model.mga`` in exgra_med, ``mga`` on a built-in model), so that the optimizer, LoRA's
@@ -157,15 +159,15 @@ class AlignmentHead:
     ``family``: where the model keeps what the head reads (head/families.py; needed by :meth:`run`,
     not by the parts :meth:`text_nodes` and :meth:`align`); ``processor``: the
     model's processor, for families whose image-less samples run the processor's black image.
-    ``loss_scale``: handed over by the ``exgra_mga`` loss with each step's outputs (the loss scale
-    the black-box backward divides out).
+    What the ``exgra_mga`` loss needs it finds in the step's outputs (:meth:`run`): ``align_loss``,
+    ``align_terms``, ``align_settings`` (these settings: alpha, global graph) and ``align_loss_scale``
+    (a :class:`StepLossScale` the loss hands the applied loss scale to).
     """
 
     def __init__(self, settings: MGASettings, family: ModelFamily | None = None, processor: Any = None) -> None:
         self.settings = settings
         self.family = family
         self.processor = processor
-        self.loss_scale: Callable[[], float] | None = None
         self.calls = 0
         self.warned_small_batch = False
         self._logged_padded_text_pass = False
@@ -193,13 +195,16 @@ class AlignmentHead:
             outputs = forward(*args, **kwargs)
         if "inputs_embeds" not in seen:
             raise RuntimeError("the language model was not called with inputs_embeds: cannot read the image nodes")
-        alignment = self.alignment(model, seen["inputs_embeds"], input_ids, batch)
+        loss_scale = StepLossScale()
+        alignment = self.alignment(model, seen["inputs_embeds"], input_ids, batch, loss_scale)
         _set_output(outputs, "align_loss", alignment.loss)
         _set_output(outputs, "align_terms", alignment_terms(alignment))
+        _set_output(outputs, "align_settings", self.settings)
+        _set_output(outputs, "align_loss_scale", loss_scale)
         return outputs
 
-    def alignment(self, model: nn.Module, lm_inputs_embeds: Tensor, input_ids: Tensor,
-                  batch: dict[str, Tensor]) -> MultiGraphAlignmentOutput:
+    def alignment(self, model: nn.Module, lm_inputs_embeds: Tensor, input_ids: Tensor, batch: dict[str, Tensor],
+                  loss_scale: StepLossScale | None = None) -> MultiGraphAlignmentOutput:
         """The alignment output of one training step of ``model`` (``batch``: the template's ``mga_*`` keys)."""
         family = self.family
         mask = input_ids == family.image_token_id(model.config)
@@ -216,7 +221,8 @@ class AlignmentHead:
         if text.shape[0] != 2 * samples:
             raise ValueError(f"the text passes have {text.shape[0]} samples, expected 2 x batch = {2 * samples} "
                              "(answers then extended answers)")
-        return self.align(family.network_of(model), z_image.to(text.dtype), text[:samples], text[samples:])
+        return self.align(family.network_of(model), z_image.to(text.dtype), text[:samples], text[samples:],
+                          loss_scale=loss_scale)
 
     def _image_bookkeeping(self, model: nn.Module, image_mask: Tensor, batch: dict[str, Tensor]
                            ) -> tuple[list[int], list[int]]:
@@ -287,15 +293,6 @@ class AlignmentHead:
 
     # -- the alignment ----------------------------------------------------------------------
 
-    def loss_scale_at_backward(self) -> float:
-        """The loss scale the black-box backward divides out, read when that backward runs: the
-        ``exgra_mga`` loss hands the head its source during the first micro-batch, after that
-        micro-batch's forward, so reading it at forward time made micro-batch 1 use 1.0."""
-        source = self.loss_scale
-        if source is None:
-            return 1.0
-        return float(source() if callable(source) else source)
-
     def global_graph(self) -> bool:
         return bool(self.settings.global_graph) and distributed_world() > 1
 
@@ -306,9 +303,10 @@ class AlignmentHead:
         seed = (self.settings.seed * 1_000_003 + self.calls * 7919 + rank) % (2 ** 63)
         return torch.Generator().manual_seed(seed)
 
-    def align(self, network: nn.Module, z_image: Tensor, z_text: Tensor, z_extended: Tensor
-              ) -> MultiGraphAlignmentOutput:
-        """The alignment output of one step's nodes ``[B, hidden]`` (gathered over ranks for the global graph)."""
+    def align(self, network: nn.Module, z_image: Tensor, z_text: Tensor, z_extended: Tensor, *,
+              loss_scale: StepLossScale | None = None) -> MultiGraphAlignmentOutput:
+        """The alignment output of one step's nodes ``[B, hidden]`` (gathered over ranks for the global graph);
+        its black-box backward divides ``loss_scale`` out (1 without one)."""
         # several GPUs per process (device_map auto): image nodes come from the first, text nodes from the last
         device = next(network.parameters()).device
         nodes = [z.to(device) for z in (z_image, z_text, z_extended)]
@@ -320,13 +318,31 @@ class AlignmentHead:
             destroy_process_group_at_exit()
         # every rank holds the same global graph: each solves a block of its problems (alignment/split.py)
         split = ProblemSplit.over_processes() if global_graph else None
-        output = network(*nodes, generator=self.noise_generator(global_graph), loss_scale=self.loss_scale_at_backward,
-                         split=split)
+        output = network(*nodes, generator=self.noise_generator(global_graph),
+                         loss_scale=StepLossScale() if loss_scale is None else loss_scale, split=split)
         if output.skipped_reason and output.num_nodes < 2 and not self.warned_small_batch:
             # (a non-finite node also skips the matching: a NaN loss, which the trainer's guard reports)
             logger.warning("alignment loss is zero for this batch: %s (warned once)", output.skipped_reason)
             self.warned_small_batch = True
         return output
+
+
+class StepLossScale:
+    """The loss scale one step's black-box backward divides out (1 until told otherwise).
+
+    The ``exgra_mga`` loss hands over its source (a number, or a function read when the backward
+    runs) with the step's outputs, after the forward and before the backward: a source read at
+    forward time made the first micro-batch of a run use 1.0.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], float] | float | None = None
+
+    def __call__(self) -> float:
+        source = self.source
+        if source is None:
+            return 1.0
+        return float(source() if callable(source) else source)
 
 
 def _set_output(outputs: Any, name: str, value: Any) -> None:

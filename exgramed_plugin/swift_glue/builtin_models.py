@@ -6,7 +6,7 @@
   and the text passes to the batch. Inference, ``swift infer`` / ``deploy`` and generation are
   untouched: the mixin does nothing outside training with MGA.
 * Loading: after swift loads a model (``ModelLoader.load``), a run with MGA active attaches the
-  alignment head (head/builtin.py), with the graph network of the checkpoint's side file when it
+  alignment head (head/builtin.py, head/head.py), with the graph network of the checkpoint's side file when it
   has one; an unsupported model type stops there, listing the supported ones.
 * Resuming: see resume.py.
 """

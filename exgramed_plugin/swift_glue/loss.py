@@ -10,48 +10,31 @@ its local nodes receive gradients, so the division by the process count is left 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from swift.loss import BaseLoss, loss_map
 
-from ..head.families import HEAD_ATTRIBUTE, model_with_head, unsupported_model_type_error
+from ..head.families import unsupported_model_type_error
 from ..head.loss_scale import applied_loss_scale
 from ..settings import LOSS_TYPE, current_settings
 from .training_guard import SkippedAlignmentReport
 
-logger = logging.getLogger(__name__)
-
 
 class ExGraMedAlignmentLoss(BaseLoss):
-    """``--loss_type exgra_mga``; logs ``lm_loss``, ``align_loss``, the Hamming terms and the accuracy."""
+    """``--loss_type exgra_mga``; logs ``lm_loss``, ``align_loss``, the Hamming terms and the accuracy.
+
+    What it needs of the alignment comes with each step's outputs (the head's ``AlignmentHead.run``):
+    the loss, its terms, the head's settings (alpha, global graph) and the step's loss-scale slot,
+    which it hands the loss scale the backward applies. It never looks into the model.
+    """
 
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
-        self.model = None  # found on the first call: the trainer sets .model later
         self.skipped_report = SkippedAlignmentReport()
+        self._report_added = False
 
-    def _setup(self):
-        if self.model is None:
-            self.model = model_with_head(self.trainer.model)
-            if self.model is None:
-                if current_settings().mga.active:
-                    raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),
-                                                               "model_type", None))
-                # alpha 0 (the LLaVA-Med baseline): no module is built, the loss is the LM term alone
-                self.model, self.alpha, self.global_graph = self.trainer.model, 0.0, False
-                return self.model
-            head = getattr(self.model, HEAD_ATTRIBUTE)
-            self.alpha = float(head.settings.alpha)
-            self.global_graph = bool(head.settings.global_graph)
-            head.loss_scale = self._amp_loss_scale
-            mga = head.family.network_of(self.model)
-            if mga is not None and not any(p.requires_grad for p in mga.parameters()):
-                logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
-                               "--modules_to_save mga to train and save it")
-            if mga is not None and self.trainer is not None and hasattr(self.trainer, "add_callback"):
-                self.trainer.add_callback(self.skipped_report)
-        return self.model
+    def _training(self) -> bool:
+        model = getattr(self.trainer, "model", None)
+        return bool(getattr(model, "training", True))
 
     def _amp_loss_scale(self) -> float:
         """The loss scale the backward applies (1 without one): the black-box backward divides it out."""
@@ -61,14 +44,13 @@ class ExGraMedAlignmentLoss(BaseLoss):
     def _log(self, name: str, value: torch.Tensor | float) -> None:
         if self.trainer is None or not hasattr(self.trainer, "custom_metrics"):
             return
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self._training() else "eval"
         if isinstance(value, torch.Tensor):
             value = value.detach().float()
         self.trainer.custom_metrics[mode][name].update(value)
 
     def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, **kwargs):
         from swift.trainers import per_token_loss_func
-        self._setup()
         token_loss = per_token_loss_func(outputs, labels)
         if loss_scale is not None:
             token_loss = token_loss * loss_scale
@@ -80,8 +62,18 @@ class ExGraMedAlignmentLoss(BaseLoss):
         # the terms the non-finite guard checks (training_guard.py), before the backward
         outputs.loss_terms = {"lm": lm_loss} if align_loss is None else {"lm": lm_loss, "align": align_loss}
         if align_loss is None:
-            return loss
-        if self.model.training and outputs.align_terms and "mga_graph_nodes" in outputs.align_terms:
+            if self._training() and current_settings().mga.active and getattr(outputs, "align_settings", None) is None:
+                raise unsupported_model_type_error(getattr(getattr(self.trainer.model, "model_meta", None),
+                                                           "model_type", None))
+            return loss  # evaluation, or alpha 0 (the LLaVA-Med baseline): the LM term alone
+        settings = outputs.align_settings
+        slot = getattr(outputs, "align_loss_scale", None)
+        if slot is not None:
+            slot.source = self._amp_loss_scale  # read when the step's backward runs
+        if self._training() and outputs.align_terms and "mga_graph_nodes" in outputs.align_terms:
+            if not self._report_added and hasattr(self.trainer, "add_callback"):
+                self.trainer.add_callback(self.skipped_report)
+                self._report_added = True
             self.skipped_report.count(int(outputs.align_terms["mga_graph_nodes"]))
         self._log("align_loss", align_loss)
         for name, value in (outputs.align_terms or {}).items():
@@ -91,10 +83,10 @@ class ExGraMedAlignmentLoss(BaseLoss):
                 or self.args.gradient_accumulation_steps
             processes = 1
             if (getattr(self.args, "average_tokens_across_devices", False)
-                    and getattr(self.trainer, "model_accepts_loss_kwargs", False) and not self.global_graph):
+                    and getattr(self.trainer, "model_accepts_loss_kwargs", False) and not settings.global_graph):
                 processes = self.trainer.accelerator.num_processes
             align_loss = align_loss / (accumulation * processes)
-        return loss + self.alpha * align_loss.to(loss.device)
+        return loss + float(settings.alpha) * align_loss.to(loss.device)
 
 
 def register_exgra_mga_loss() -> None:

@@ -83,6 +83,10 @@ class AlignmentHeadCallback(TrainerCallback):
             frozen = frozen_image_nodes(target, getattr(getattr(model, "model_meta", None), "model_type", None))
             if frozen is not None:
                 logger.warning(frozen.message)
+            network = getattr(target, HEAD_ATTRIBUTE).family.network_of(target)
+            if network is not None and not any(p.requires_grad for p in network.parameters()):
+                logger.warning("the MGA graph network is frozen (LoRA freezes modules it does not target): pass "
+                               "--modules_to_save mga to train and save it")
         if not resume or target is None:
             return
         head = getattr(target, HEAD_ATTRIBUTE)

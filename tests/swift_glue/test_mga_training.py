@@ -166,10 +166,14 @@ def _loss_fn(model, *, accumulation=1, processes=1, accepts=True, scale=None):
     return ExGraMedAlignmentLoss(args, trainer), trainer
 
 
-def _fake_outputs(vocab=8):
+def _fake_outputs(model, vocab=8):
+    """A training step's outputs as the head hands them to the loss (``AlignmentHead.run``)."""
+    from exgramed_plugin.head.head import StepLossScale
     logits = torch.zeros(1, 3, vocab)  # uniform: per-token CE = log(vocab)
     return SimpleNamespace(logits=logits, align_loss=torch.tensor(0.6),
-                           align_terms={"matching_accuracy": torch.tensor(0.25)}), torch.tensor([[-100, 1, 2]])
+                           align_terms={"matching_accuracy": torch.tensor(0.25)},
+                           align_settings=model.alignment_head.settings, align_loss_scale=StepLossScale()
+                           ), torch.tensor([[-100, 1, 2]])
 
 
 @pytest.mark.parametrize("accumulation, processes, global_graph, divisor", [
@@ -180,7 +184,7 @@ def test_alignment_term_is_scaled_like_swift_scales_the_lm_term(mga_setup, accum
     config.mga_global_graph = global_graph
     model.alignment_head.settings = MGASettings.from_config(config)  # the head reads its settings once
     loss_fn, trainer = _loss_fn(model, accumulation=accumulation, processes=processes)
-    outputs, labels = _fake_outputs()
+    outputs, labels = _fake_outputs(model)
     lm = torch.log(torch.tensor(8.0))
     total = loss_fn(outputs, labels, num_items_in_batch=torch.tensor(4))
     config.mga_global_graph = False
@@ -196,12 +200,12 @@ def test_alignment_term_is_scaled_like_swift_scales_the_lm_term(mga_setup, accum
 def test_fp16_loss_scale_reaches_the_blackbox(mga_setup):
     model, _, _ = mga_setup
     loss_fn, _ = _loss_fn(model, scale=1024.0)
-    outputs, labels = _fake_outputs()
+    outputs, labels = _fake_outputs(model)
     loss_fn(outputs, labels, num_items_in_batch=torch.tensor(2))
-    assert model.alignment_head.loss_scale() == 1024.0
+    assert outputs.align_loss_scale() == 1024.0  # the step's slot the black-box backward reads
     loss_fn, _ = _loss_fn(model)
     loss_fn(outputs, labels)
-    assert model.alignment_head.loss_scale() == 1.0
+    assert outputs.align_loss_scale() == 1.0
 
 
 def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
@@ -213,7 +217,7 @@ def test_the_first_micro_batch_backward_divides_the_loss_scale_out(mga_setup):
     weight = model.model.mga.gnn.conv1.lin_rel.weight
     gradients = {}
     for scale in (1.0, 2.0 ** 16):
-        model.alignment_head.loss_scale, model.alignment_head.calls = None, 0  # a fresh run, the same noise
+        model.alignment_head.calls = 0  # a fresh run, the same noise
         model.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # the graph network's dropout
         outputs = model(**batch)
