@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exgramed_plugin.common.jsonio import print_summary, read_json, read_json_or_jsonl
+from exgramed_plugin.common.openai_client import ChatClient, add_client_arguments, api_key_from_env
 from exgramed_plugin.data.formats import DataFormatError
 from exgramed_plugin.data.vqa_questions import VQAQuestion, read_vqa_questions
-from exgramed_plugin.common.jsonio import print_summary, read_json, read_json_or_jsonl
 from exgramed_plugin.metrics import medevalkit_metrics as mek
 from exgramed_plugin.metrics.vqa_metrics import (
     BLEU_WEIGHTS,
@@ -35,7 +36,6 @@ from exgramed_plugin.metrics.vqa_metrics import (
     score_pair_original,
     score_pair_strict,
 )
-from exgramed_plugin.common.openai_client import ChatClient, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
