@@ -88,8 +88,9 @@ def _answers(messages: list[dict[str, str]]) -> list[str]:
 
 
 def llava_row_to_standard(row: dict[str, Any], source: str | None = None, image_root: str | None = None,
-                          row_index: int | None = None) -> dict[str, Any]:
-    """One LLaVA-Med / VQA row → ``{"messages", "images", "id", "answer_type", "extended_answers"}``."""
+                          row_index: int | None = None, *, read_images: bool = True) -> dict[str, Any]:
+    """One LLaVA-Med / VQA row → ``{"messages", "images", "id", "answer_type", "extended_answers"}``
+    (``read_images``: see :func:`row_to_standard`)."""
     row_id = row.get("id", f"#{row_index}" if row_index is not None else None)
     pair = find_conversation_pair(row)
     if pair is None:
@@ -102,8 +103,7 @@ def llava_row_to_standard(row: dict[str, Any], source: str | None = None, image_
             raise DataFormatError(f"{_where(source, row_id, pair[1])}: {len(long_messages)} turns but "
                                   f"{pair[0]} has {len(messages)}")
         extended = _answers(long_messages)
-    images = _images_of(row, source, row_id, image_root)
-    _check_image_tags(messages, images, source, row_id)
+    images = _checked_images(row, messages, source, row_id, image_root, read_images)
     answer_type = row.get("answer_type")
     if answer_type is not None:
         answer_type = str(answer_type).upper()
@@ -115,8 +115,9 @@ def llava_row_to_standard(row: dict[str, Any], source: str | None = None, image_
 
 
 def messages_row_to_standard(row: dict[str, Any], source: str | None = None, image_root: str | None = None,
-                             row_index: int | None = None) -> dict[str, Any]:
-    """One swift ``messages`` row (optionally with ``extended_answers``) → the standard row."""
+                             row_index: int | None = None, *, read_images: bool = True) -> dict[str, Any]:
+    """One swift ``messages`` row (optionally with ``extended_answers``) → the standard row
+    (``read_images``: see :func:`row_to_standard`)."""
     row_id = row.get("id", f"#{row_index}" if row_index is not None else None)
     raw_messages = row.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
@@ -135,8 +136,7 @@ def messages_row_to_standard(row: dict[str, Any], source: str | None = None, ima
                                   f"assistant turn ({len(_answers(messages))})")
         if not all(isinstance(e, str) and e.strip() for e in extended):
             raise DataFormatError(f"{_where(source, row_id, 'extended_answers')}: empty extended answer")
-    images = _images_of(row, source, row_id, image_root)
-    _check_image_tags(messages, images, source, row_id)
+    images = _checked_images(row, messages, source, row_id, image_root, read_images)
     answer_type = row.get("answer_type")
     standard = {"messages": [{"role": "system", "content": system[0]["content"]}] + messages if system else messages,
                 "images": images, "id": None if row_id is None else str(row_id),
@@ -147,6 +147,15 @@ def messages_row_to_standard(row: dict[str, Any], source: str | None = None, ima
             raise DataFormatError(f"{_where(source, row_id, CHOICE_COLUMN)}: expected a JSON string")
         standard[CHOICE_COLUMN] = row[CHOICE_COLUMN]
     return standard
+
+
+def _checked_images(row: dict[str, Any], messages: list[dict[str, str]], source: str | None, row_id: Any,
+                    image_root: str | None, read_images: bool) -> list[str] | None:
+    if not read_images:
+        return None
+    images = _images_of(row, source, row_id, image_root)
+    _check_image_tags(messages, images, source, row_id)
+    return images
 
 
 def _images_of(row: dict[str, Any], source: str | None, row_id: Any, image_root: str | None) -> list[str]:
@@ -183,11 +192,16 @@ def detect_format(row: dict[str, Any]) -> str:
 
 
 def row_to_standard(row: dict[str, Any], source: str | None = None, image_root: str | None = None,
-                    row_index: int | None = None) -> dict[str, Any]:
-    """Dispatch on the row's format."""
+                    row_index: int | None = None, *, read_images: bool = True) -> dict[str, Any]:
+    """Dispatch on the row's format.
+
+    ``read_images=False`` leaves the image fields unread (``"images"`` is None): neither resolved nor
+    checked against the ``<image>`` tags, for readers of the text only (scoring answers runs
+    without the images at hand).
+    """
     try:
         fmt = detect_format(row)
     except DataFormatError as error:
         raise DataFormatError(f"{_where(source, row.get('id', row_index), 'conversations')}: {error}") from None
     convert = llava_row_to_standard if fmt == "llava" else messages_row_to_standard
-    return convert(row, source, image_root, row_index)
+    return convert(row, source, image_root, row_index, read_images=read_images)

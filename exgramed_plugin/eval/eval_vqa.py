@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exgramed_plugin.data.conversation import IMAGE_TAG, find_conversation_pair
 from exgramed_plugin.common.jsonio import print_summary, read_json, read_json_or_jsonl
+from exgramed_plugin.common.openai_client import ChatClient, add_client_arguments, api_key_from_env
+from exgramed_plugin.data.formats import DataFormatError
+from exgramed_plugin.data.vqa_questions import VQAQuestion, read_vqa_questions
 from exgramed_plugin.metrics import medevalkit_metrics as mek
 from exgramed_plugin.metrics.vqa_metrics import (
     BLEU_WEIGHTS,
@@ -34,7 +36,6 @@ from exgramed_plugin.metrics.vqa_metrics import (
     score_pair_original,
     score_pair_strict,
 )
-from exgramed_plugin.common.openai_client import ChatClient, add_client_arguments, api_key_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +125,6 @@ METRIC_DEFINITIONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class VQAQuestion:
-    """One ground-truth item: id as a string, OPEN/CLOSED, question text and gt answer."""
-
-    id: str
-    answer_type: str
-    question: str
-    answer: str
-
-
-@dataclass(frozen=True)
 class PredictedAnswer:
     """One model answer, keyed by question id (as a string)."""
 
@@ -163,47 +154,19 @@ class VQAReport:
 # --------------------------------------------------------------------------------------------------
 
 
-def _content_text(content: Any) -> str:
-    """Message content as text (swift content may be a list of typed parts)."""
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
-        )
-    return str(content)
-
-
-def _question_from_row(row: dict[str, Any], path: str | Path, position: int) -> VQAQuestion:
-    where = f"{path}: item {position}"
-    if "id" not in row:
-        raise ValueError(f"{where}: missing 'id'")
-    answer_type = str(row.get("answer_type", "")).upper()
-    pair = find_conversation_pair(row)
-    if pair is not None:
-        turns = row[pair[0]]
-        speaker_key, text_key, user, assistant = "from", "value", "human", "gpt"
-    elif "messages" in row:
-        turns = row["messages"]
-        speaker_key, text_key, user, assistant = "role", "content", "user", "assistant"
-    else:
-        raise ValueError(f"{where}: needs 'conversations' (VQA JSON) or 'messages' (swift rows)")
-    questions = [_content_text(t.get(text_key, "")) for t in turns if t.get(speaker_key) == user]
-    answers = [_content_text(t.get(text_key, "")) for t in turns if t.get(speaker_key) == assistant]
-    if not answers:
-        raise ValueError(f"{where}: no '{assistant}' turn holding the ground-truth answer")
-    question = questions[0].replace(IMAGE_TAG, "").strip() if questions else ""
-    return VQAQuestion(
-        id=str(row["id"]), answer_type=answer_type, question=question, answer=answers[0]
-    )
-
-
 def load_vqa_questions(path: str | Path) -> list[VQAQuestion]:
-    """Read a VQA JSON (docs/method.md §4.1) or swift-style JSON/JSONL rows with ``messages``.
+    """The questions of a VQA question file (``data.vqa_questions``), images left unread: scoring
+    needs only the text.
 
     Ground truth = the first gpt/assistant turn (the original reads ``conversations[1]``, the same
-    turn for these files). ``answer_type`` is upper-cased.
+    turn for these files); a question without one is an error. ``answer_type`` is upper-cased.
     """
-    rows = [row for _, row in read_json_or_jsonl(path)]
-    return [_question_from_row(row, path, position) for position, row in enumerate(rows)]
+    questions = list(read_vqa_questions(path, read_images=False))
+    for question in questions:
+        if question.answer is None:
+            raise DataFormatError(f"{path}, row id={question.question_id!r}: no gpt/assistant turn holding the "
+                                  "ground-truth answer")
+    return questions
 
 
 def _original_or_swift(row: dict[str, Any], original: str, swift: str, missing: str) -> Any:

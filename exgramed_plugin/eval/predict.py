@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from exgramed_plugin.data.conversation import IMAGE_TAG
-from exgramed_plugin.common.jsonio import (JsonFileError, append_jsonl, print_summary, read_json_or_jsonl, read_jsonl,
+from exgramed_plugin.data.vqa_questions import VQAQuestion, read_vqa_questions
+from exgramed_plugin.common.jsonio import (JsonFileError, append_jsonl, print_summary, read_jsonl,
                                          write_jsonl)
 from exgramed_plugin.settings import TemplateSettings, current_settings
 
@@ -69,33 +70,6 @@ MEDEVALKIT_INSTRUCTIONS: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class VQAPrompt:
-    """One question to answer: its id as written in the file, the user text and resolved images."""
-
-    question_id: Any
-    text: str  # the human turn, with its <image> tag(s)
-    images: tuple[str, ...]
-    answer: str | None = None  # the ground truth (MedEvalKit picks its instruction by it)
-    answer_type: str | None = None  # OPEN / CLOSED as in the file
-    language: str = "en"  # SLAKE's q_lang where the row has it
-
-    @property
-    def question(self) -> str:
-        """The human turn without ``<image>`` tags, stripped."""
-        return self.text.replace(IMAGE_TAG, "").strip()
-
-    @property
-    def key(self) -> str:
-        """Ids are compared as strings (JSON ints and strings both occur in released files)."""
-        return str(self.question_id)
-
-    @property
-    def prompt_field(self) -> str:
-        """The ``prompt`` field of model_vqa_med.py: question without tags, stripped, + ``\\n<image>``."""
-        return prompt_field(self.question, bool(self.images))
-
-
 def prompt_field(text: str, with_image: bool) -> str:
     """``model_vqa_med.py``'s ``prompt`` field for the text sent: ``text`` + ``\n<image>`` with an image."""
     return f"{text}\n{IMAGE_TAG}" if with_image else text
@@ -112,41 +86,19 @@ def short_uuid() -> str:
     return "".join(reversed(digits))
 
 
-def load_prompts(questions_path: str | Path, image_root: str | Path | None = None) -> list[VQAPrompt]:
-    """First human turn and resolved images of every row of a VQA JSON / swift JSON(L) file.
+def load_prompts(questions_path: str | Path, image_root: str | Path | None = None) -> list[VQAQuestion]:
+    """The questions of a VQA JSON / swift JSON(L) file (``data.vqa_questions``) with their images
+    resolved (``image_root``, default the file's folder) and present.
 
-    Rows are read with the plugin's own format code, so a missing image is an error naming the file,
-    the row id and the field (nothing is skipped). Duplicated ids are an error too, because the
-    answers are paired with the questions by id.
+    A missing image is an error naming the file, the row id and the field (nothing is skipped).
+    Duplicated ids are an error too, because the answers are paired with the questions by id.
     """
-    from exgramed_plugin.data.formats import row_to_standard
-
-    source = str(Path(questions_path).resolve())
-    root = None if image_root is None else str(Path(image_root).expanduser().resolve())
-    if root is None:
-        root = str(Path(source).parent)
-    prompts: list[VQAPrompt] = []
+    prompts: list[VQAQuestion] = []
     seen: dict[str, int] = {}
-    for index, (_, row) in enumerate(read_json_or_jsonl(questions_path)):
-        if "id" not in row:
-            raise ValueError(f"{questions_path}: row {index} has no 'id'; answers are paired with questions by id")
-        standard = row_to_standard(row, source, root, index)
-        user_turns = [m for m in standard["messages"] if m["role"] == "user"]
-        if not user_turns:
-            raise ValueError(f"{questions_path}: row id={row['id']!r} has no human turn")
-        text = user_turns[0]["content"]
-        if standard["images"] and IMAGE_TAG not in text:  # swift rows may leave the tag out
-            text = f"{text}\n{IMAGE_TAG}"
-        # Single-turn VQA: only the images of the first question are used.
-        images = tuple(standard["images"][: text.count(IMAGE_TAG)])
-        answers = [m["content"] for m in standard["messages"] if m["role"] == "assistant"]
-        prompt = VQAPrompt(question_id=row["id"], text=text, images=images,
-                           answer=str(answers[0]) if answers else None,
-                           answer_type=None if row.get("answer_type") is None else str(row["answer_type"]),
-                           language=str(row.get("q_lang") or "en"))
-        if prompt.key in seen:
-            raise ValueError(f"{questions_path}: id {row['id']!r} occurs in rows {seen[prompt.key]} and {index}")
-        seen[prompt.key] = index
+    for index, prompt in enumerate(read_vqa_questions(questions_path, image_root=image_root)):
+        if prompt.id in seen:
+            raise ValueError(f"{questions_path}: id {prompt.question_id!r} occurs in rows {seen[prompt.id]} and {index}")
+        seen[prompt.id] = index
         prompts.append(prompt)
     return prompts
 
@@ -167,7 +119,7 @@ def read_existing_answers(out_path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _batches(items: Sequence[VQAPrompt], size: int) -> Iterator[Sequence[VQAPrompt]]:
+def _batches(items: Sequence[VQAQuestion], size: int) -> Iterator[Sequence[VQAQuestion]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -308,7 +260,7 @@ def template_settings(prompt_style: str | None = None, response_mode: str | None
 # --------------------------------------------------------------------------------------------------
 
 
-def medevalkit_kind(prompt: VQAPrompt, dataset: str, source: str | Path = "") -> str:
+def medevalkit_kind(prompt: VQAQuestion, dataset: str, source: str | Path = "") -> str:
     """Which MedEvalKit instruction a question gets, by MedEvalKit's per-dataset rule (@ 9b12e3b):
 
     * ``vqa_rad`` (``utils/VQA_RAD/VQA_RAD.py`` ``construct_messages``): ``answer.lower()`` in
@@ -334,7 +286,7 @@ def medevalkit_kind(prompt: VQAPrompt, dataset: str, source: str | Path = "") ->
     return "judgement" if answer in ("yes", "no") else "open_ended"
 
 
-def medevalkit_prompt(prompt: VQAPrompt, dataset: str, source: str | Path = "") -> str:
+def medevalkit_prompt(prompt: VQAQuestion, dataset: str, source: str | Path = "") -> str:
     """``question + "\\n" + instruction`` as MedEvalKit's ``get_*_prompt`` builds it (its ``lang``:
     ``zh`` for SLAKE rows whose ``q_lang`` is ``zh``, else English)."""
     instructions = MEDEVALKIT_INSTRUCTIONS[medevalkit_kind(prompt, dataset, source)]
@@ -360,13 +312,13 @@ class PromptBuilder:
             raise ValueError(f"--prompt medevalkit needs --dataset {'|'.join(MEDEVALKIT_DATASETS)} (MedEvalKit picks "
                              f"its instruction per dataset), got {self.dataset!r}")
 
-    def text(self, prompt: VQAPrompt) -> str:
+    def text(self, prompt: VQAQuestion) -> str:
         """What is sent, without image tags (``prompt`` field) ..."""
         if self.mode == "medevalkit":
             return medevalkit_prompt(prompt, self.dataset or "", self.source)
         return prompt.question
 
-    def content(self, prompt: VQAPrompt) -> str:
+    def content(self, prompt: VQAQuestion) -> str:
         """... and with them, where the template expects them."""
         if self.mode == "plain" and self.exgra_med:
             return prompt.text  # the original run's input, tags where the file has them
@@ -374,11 +326,11 @@ class PromptBuilder:
             return prompt_field(self.text(prompt), bool(prompt.images))
         return IMAGE_TAG * len(prompt.images) + self.text(prompt)
 
-    def prompt_field(self, prompt: VQAPrompt) -> str:
+    def prompt_field(self, prompt: VQAQuestion) -> str:
         return prompt_field(self.text(prompt), bool(prompt.images))
 
 
-def generate_answers(engine, prompts: Sequence[VQAPrompt], *, max_new_tokens: int,
+def generate_answers(engine, prompts: Sequence[VQAQuestion], *, max_new_tokens: int,
                      builder: PromptBuilder = PromptBuilder()) -> list[str]:
     """Greedy answers for one batch (temperature 0 = ``do_sample=False`` in swift)."""
     from swift.infer_engine import InferRequest, RequestConfig
@@ -389,10 +341,12 @@ def generate_answers(engine, prompts: Sequence[VQAPrompt], *, max_new_tokens: in
     return [response.choices[0].message.content for response in responses]
 
 
-def answer_row(prompt: VQAPrompt, text: str, model_id: str, *, prompt_text: str | None = None,
+def answer_row(prompt: VQAQuestion, text: str, model_id: str, *, prompt_text: str | None = None,
                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """One line of the §6.1 answers JSONL."""
-    return {"question_id": prompt.question_id, "prompt": prompt.prompt_field if prompt_text is None else prompt_text,
+    if prompt_text is None:
+        prompt_text = prompt_field(prompt.question, bool(prompt.images))
+    return {"question_id": prompt.question_id, "prompt": prompt_text,
             "text": text, "answer_id": short_uuid(), "model_id": model_id, "metadata": metadata or {}}
 
 
@@ -442,12 +396,12 @@ def predict(model: str, questions: str | Path, out: str | Path, *, images: str |
     if limit is not None:
         prompts = prompts[:limit]
     existing = read_existing_answers(out_path)
-    wanted = {p.key for p in prompts}
+    wanted = {p.id for p in prompts}
     foreign = [key for key in existing if key not in wanted]
     if foreign:
         raise ValueError(f"{out_path} holds answers for {len(foreign)} id(s) that are not questions of {questions} "
                          f"(e.g. {foreign[:5]}); use another --out or delete it")
-    todo = [p for p in prompts if p.key not in existing]
+    todo = [p for p in prompts if p.id not in existing]
     logger.info("%d question(s), %d already answered in %s, %d to do", len(prompts), len(prompts) - len(todo),
                 out_path, len(todo))
     model_id = model_id or str(model)
@@ -461,22 +415,22 @@ def predict(model: str, questions: str | Path, out: str | Path, *, images: str |
                                 source=str(questions))
         metadata = run_metadata(engine, builder)
         _check_same_run(out_path, existing, metadata)
-        texts = {p.key: builder.prompt_field(p) for p in todo}  # every medevalkit rule checked before generating
+        texts = {p.id: builder.prompt_field(p) for p in todo}  # every medevalkit rule checked before generating
         if existing:  # rewrite without a possibly truncated last line before appending
-            write_jsonl(out_path, [existing[p.key] for p in prompts if p.key in existing])
+            write_jsonl(out_path, [existing[p.id] for p in prompts if p.id in existing])
         with open(out_path, "a", encoding="utf-8") as handle, \
                 tqdm(total=len(todo), desc=progress_desc, unit="q", disable=not show_progress) as bar:
             for batch in _batches(todo, batch_size):
                 answers = generate_answers(engine, batch, max_new_tokens=max_new_tokens, builder=builder)
                 for item, text in zip(batch, answers):
-                    row = answer_row(item, text, model_id, prompt_text=texts[item.key], metadata=metadata)
-                    existing[item.key] = row
+                    row = answer_row(item, text, model_id, prompt_text=texts[item.id], metadata=metadata)
+                    existing[item.id] = row
                     append_jsonl(handle, row)
                 handle.flush()
                 os.fsync(handle.fileno())
                 bar.update(len(batch))
     # Question-file order, whatever order earlier runs appended in.
-    write_jsonl(out_path, [existing[p.key] for p in prompts])
+    write_jsonl(out_path, [existing[p.id] for p in prompts])
     return out_path
 
 

@@ -221,8 +221,8 @@ def choice_likelihoods(run: BenchmarkRun, holder: EngineHolder, *, norm: str = "
     done = {str(row["id"]): row["scores"] for _, row in read_jsonl(run.likelihoods, drop_torn_last_line=True)} \
         if run.likelihoods.is_file() else {}
     infos = {str(row["id"]): json.loads(row[choice.ROW_FIELD]) for _, row in read_jsonl(run.questions)}
-    prompts = [p for p in load_prompts(run.questions) if p.key not in done
-               and infos[p.key]["question_type"] == mmmu_metrics.MULTIPLE_CHOICE]
+    prompts = [p for p in load_prompts(run.questions) if p.id not in done
+               and infos[p.id]["question_type"] == mmmu_metrics.MULTIPLE_CHOICE]
     if prompts:
         engine = holder.engine
         engine.model.eval()
@@ -230,12 +230,12 @@ def choice_likelihoods(run: BenchmarkRun, holder: EngineHolder, *, norm: str = "
         write_jsonl(run.likelihoods, [{"id": key, "scores": scores} for key, scores in done.items()])
         with open(run.likelihoods, "a", encoding="utf-8") as handle:
             for prompt in tqdm(prompts, desc=f"{run.name} likelihood", unit="q", disable=not show_progress):
-                info = infos[prompt.key]
+                info = infos[prompt.id]
                 scores = option_log_likelihoods(engine.model, engine.template, builder.content(prompt),
                                                 choice.choice_lines(info["benchmark"], info["choices"]),
                                                 prompt.images, batch_size=holder.settings.batch_size, norm=norm)
-                done[prompt.key] = scores
-                append_jsonl(handle, {"id": prompt.key, "scores": scores})
+                done[prompt.id] = scores
+                append_jsonl(handle, {"id": prompt.id, "scores": scores})
                 handle.flush()
     return done
 

@@ -285,6 +285,40 @@ def evaluate_zeroshot(samples: list[ZeroShotSample], *, engine=None, model: str 
     return summarize(samples, scorings)
 
 
+@dataclass(frozen=True)
+class ZeroShotRun:
+    """What :func:`run_zeroshot` scored and where it wrote it."""
+
+    summary: dict[str, Any]
+    questions: int
+    json_path: Path
+    samples_path: Path
+
+
+def run_zeroshot(questions: Sequence[str | Path], out: str | Path, *, model: str | None = None, engine=None,
+                 images: str | Path | None = None,
+                 limit: int | None = None, scorings: Sequence[str] = SCORINGS, batch_size: int = 8,
+                 max_new_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
+                 likelihood_norm: str = "sum", dtype: str = "auto", device_map: str | None = None,
+                 template_settings=None, model_type: str | None = None, template: str | None = None,
+                 infer_backend: str = "transformers") -> ZeroShotRun:
+    """`exgramed eval-zeroshot` as a function: the first ``limit`` samples of the OmniMedVQA files scored
+    (:func:`evaluate_zeroshot`; ``engine`` reuses a loaded one) and written with the run's settings
+    (:func:`write_outputs`)."""
+    samples = load_omnimed(questions, images)
+    if limit is not None:
+        samples = samples[:limit]
+    summary = evaluate_zeroshot(
+        samples, engine=engine, model=model, scorings=scorings, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, likelihood_norm=likelihood_norm, dtype=dtype, device_map=device_map,
+        template_settings=template_settings, model_type=model_type, template=template, infer_backend=infer_backend)
+    settings = {"model": model, "model_type": model_type, "template": template, "infer_backend": infer_backend,
+                "questions": [str(q) for q in questions], "scoring": list(scorings), "temperature": temperature,
+                "max_new_tokens": max_new_tokens, "likelihood_norm": likelihood_norm}
+    json_path, samples_path = write_outputs(samples, summary, Path(out), settings)
+    return ZeroShotRun(summary, len(samples), json_path, samples_path)
+
+
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +349,20 @@ def format_table(summary: dict[str, Any], scorings: Sequence[str]) -> str:
              for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_report(summary: dict[str, Any], scorings: Sequence[str]) -> str:
+    """:func:`format_table`, then the first failed samples and the difflib answers with no similar option."""
+    parts = [format_table(summary, scorings)]
+    failed = summary["failed"]
+    if failed:
+        parts.append(f"\n{len(failed)} failed sample(s) (counted as wrong in 'acc'), e.g.:")
+        parts.extend(f"  {entry['question_id']} [{entry['dataset']}]: {entry['reason']}" for entry in failed[:10])
+    no_choice = summary["difflib_no_choice"]
+    if no_choice:
+        parts.append(f"\n{len(no_choice)} answer(s) share no character with any option (difflib: wrong, as "
+                     f"originally), e.g. {[entry['question_id'] for entry in no_choice[:10]]}")
+    return "\n".join(parts)
 
 
 def write_outputs(samples: Sequence[ZeroShotSample], summary: dict[str, Any], out: Path,
@@ -363,43 +411,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the accuracy table and the failures, writes the summary and samples; returns 2 on bad input."""
     from exgramed_plugin.eval.predict import cli_template_settings
 
     args = build_parser().parse_args(argv)
     try:
-        samples = load_omnimed(args.questions, args.images)
+        run = run_zeroshot(
+            args.questions, args.out, model=args.model, images=args.images, limit=args.limit, scorings=args.scoring,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            seed=args.seed, likelihood_norm=args.likelihood_norm, dtype=args.dtype, device_map=args.device_map,
+            template_settings=cli_template_settings(args.prompt_style, args.response_mode),
+            model_type=args.model_type, template=args.template, infer_backend=args.infer_backend)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.limit is not None:
-        samples = samples[:args.limit]
-    try:
-        summary = evaluate_zeroshot(
-            samples, model=args.model, scorings=args.scoring, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-            likelihood_norm=args.likelihood_norm, dtype=args.dtype, device_map=args.device_map,
-            template_settings=cli_template_settings(args.prompt_style, args.response_mode),
-            model_type=args.model_type, template=args.template, infer_backend=args.infer_backend)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    settings = {"model": args.model, "model_type": args.model_type, "template": args.template,
-                "infer_backend": args.infer_backend, "questions": args.questions, "scoring": args.scoring,
-                "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
-                "likelihood_norm": args.likelihood_norm}
-    json_path, samples_path = write_outputs(samples, summary, Path(args.out), settings)
-    print(format_table(summary, args.scoring))
-    failed = summary["failed"]
-    if failed:
-        print(f"\n{len(failed)} failed sample(s) (counted as wrong in 'acc'), e.g.:")
-        for entry in failed[:10]:
-            print(f"  {entry['question_id']} [{entry['dataset']}]: {entry['reason']}")
-    no_choice = summary["difflib_no_choice"]
-    if no_choice:
-        print(f"\n{len(no_choice)} answer(s) share no character with any option (difflib: wrong, as originally), "
-              f"e.g. {[entry['question_id'] for entry in no_choice[:10]]}")
-    print(f"\nwrote {json_path} and {samples_path}")
-    print_summary({"summary": str(json_path), "samples": str(samples_path), "questions": len(samples)})
+    print(format_report(run.summary, args.scoring))
+    print(f"\nwrote {run.json_path} and {run.samples_path}")
+    print_summary({"summary": str(run.json_path), "samples": str(run.samples_path), "questions": run.questions})
     return 0
 
 

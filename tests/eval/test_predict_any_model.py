@@ -98,7 +98,8 @@ def test_medevalkit_prompts_reach_the_model(demo, qwen_engine, tiny_qwen2_5_vl, 
 
 
 def test_medevalkit_rule_per_dataset_by_hand():
-    from exgramed_plugin.eval.predict import PromptBuilder, VQAPrompt, medevalkit_prompt
+    from exgramed_plugin.data.vqa_questions import VQAQuestion as VQAPrompt
+    from exgramed_plugin.eval.predict import PromptBuilder, medevalkit_prompt
     closed_yes = VQAPrompt("1", "Is there a mass?\n<image>", ("x.png",), answer="Yes", answer_type="CLOSED")
     closed_side = VQAPrompt("2", "<image>\nWhich side?", ("x.png",), answer="left", answer_type="CLOSED")
     open_row = VQAPrompt("3", "What organ?", ("x.png",), answer="no", answer_type="OPEN")

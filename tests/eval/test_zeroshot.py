@@ -104,3 +104,28 @@ def test_failures_are_counted_and_listed(engine, planted, tmp_path):
     assert summary["overall"]["difflib"]["attempted"] == 2 and summary["overall"]["difflib"]["failed"] == 1
     assert [f["question_id"] for f in summary["failed"]] == ["a2"]
     assert "missing.png" in summary["failed"][0]["reason"]
+
+
+def test_run_zeroshot_writes_the_run_and_reports_its_failures(engine, planted, tmp_path):
+    from exgramed_plugin.eval.zeroshot import format_report, run_zeroshot
+    rows = [
+        {"question_id": "a1", "dataset": "A", "modality_type": "MR", "question": "Which animal?",
+         "option_A": "zebra", "option_B": "lion", "gt_answer": "zebra", "image_path": "mri_head.png"},
+        {"question_id": "a2", "dataset": "A", "modality_type": "MR", "question": "Which animal?",
+         "option_A": "zebra", "option_B": "lion", "gt_answer": "lion", "image_path": "missing.png"},
+        {"question_id": "b1", "dataset": "B", "modality_type": "CT", "question": "Which animal?",
+         "option_A": "lion", "option_B": "zebra", "gt_answer": "lion", "image_path": "mri_head.png"},
+    ]
+    path = tmp_path / "omni.json"
+    path.write_text(json.dumps(rows))
+    run = run_zeroshot([path], tmp_path / "out" / "z", engine=engine, images=DATA_TEMPLATES / "images", limit=2,
+                       scorings=["likelihood"])
+    assert (run.questions, run.json_path, run.samples_path) == (2, tmp_path / "out" / "z.json",
+                                                                 tmp_path / "out" / "z.samples.jsonl")
+    written = json.loads(run.json_path.read_text())
+    assert written["settings"]["questions"] == [str(path)] and written["settings"]["scoring"] == ["likelihood"]
+    assert written["overall"]["likelihood"]["correct"] == 1  # a1 right (zebra planted), a2 failed
+    assert [json.loads(line)["question_id"] for line in run.samples_path.read_text().splitlines()] == ["a1", "a2"]
+    notes = format_report(run.summary, ["likelihood"]).split("\n\n", 1)[1].splitlines()
+    assert notes[0] == "1 failed sample(s) (counted as wrong in 'acc'), e.g.:"
+    assert notes[1].startswith("  a2 [A]: ") and "missing.png" in notes[1] and len(notes) == 2
