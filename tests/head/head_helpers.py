@@ -67,17 +67,18 @@ def load_with_head(checkpoint, model_type: str, **mga):
 def recorded_nodes(model, batch):
     """Run the training forward and record the three node sets the graph network receives."""
     seen = {}
-    original = model.mga.forward
+    network = model.alignment_head.family.network_of(model)
+    original = network.forward
 
     def record(z_image, z_text, z_extended, **kwargs):
         seen.update(image=z_image.detach(), text=z_text.detach(), extended=z_extended.detach())
         return original(z_image, z_text, z_extended, **kwargs)
 
-    model.mga.forward = record
+    network.forward = record
     try:
         outputs = model(**batch)
     finally:
-        del model.mga.forward
+        del network.forward
     return outputs, seen
 
 
@@ -85,6 +86,9 @@ def image_features(model, model_type: str, media) -> torch.Tensor:
     """Independent: the model's own ``get_image_features`` on one image's pixel values, ``[tokens, hidden]``."""
     vision, config = model.model, model.config
     with torch.no_grad():
+        if model_type == "exgra_med":  # the projector outputs [images, tokens, hidden]
+            features = vision.get_image_features(media["pixel_values"])
+            return features.reshape(-1, features.shape[-1])
         if model_type in ("qwen2_5_vl", "qwen3_vl"):  # per-image tuple (Qwen3-VL: DeepStack is not the LM input)
             output = vision.get_image_features(media["pixel_values"], image_grid_thw=media["image_grid_thw"])
             return torch.cat(list(output.pooler_output))
@@ -112,7 +116,11 @@ def reference_image_node(model, model_type: str, template, row) -> torch.Tensor:
 
 
 def zero_reference(model, model_type: str, template) -> torch.Tensor:
-    """A black 32x32 image through the model's image processor and get_image_features, mean over its tokens."""
+    """A black 32x32 image through the model's image processor and get_image_features, mean over its tokens
+    (``exgra_med``: an all-zero pixel tensor, as the original)."""
+    if model_type == "exgra_med":
+        size = model.config.vision_config.image_size
+        return image_features(model, model_type, {"pixel_values": torch.zeros(1, 3, size, size)}).mean(dim=0)
     media = template.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
     return image_features(model, model_type, media).mean(dim=0)
 
@@ -123,7 +131,8 @@ def reference_text_node(model, tokenizer, texts) -> torch.Tensor:
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     ids = bos + tokenizer.encode(merge_answers(texts), add_special_tokens=False)
     with torch.no_grad():
-        hidden = model.model.language_model(input_ids=torch.tensor([ids])).last_hidden_state
+        decoder = model.model if model.config.model_type == "exgra_med" else model.model.language_model
+        hidden = decoder(input_ids=torch.tensor([ids])).last_hidden_state
     return hidden[0].mean(dim=0)
 
 

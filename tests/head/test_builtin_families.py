@@ -1,4 +1,5 @@
-"""The alignment head on swift's other built-in VLMs (Qwen3-VL, InternVL3-hf, llava-1.5-hf, Gemma 3): nodes against
+"""The alignment head's shared tests, run for every family but Qwen2.5-VL (tests/head/test_builtin_head.py):
+``exgra_med`` (one family of the same head), Qwen3-VL, InternVL3-hf, llava-1.5-hf, Gemma 3. Nodes against
 independent per-sample references, gradients, and the templates' training / inference encodings.
 
 Image node, per image: the mean of what the language model receives at that image's token positions; the
@@ -19,12 +20,14 @@ import pytest
 import torch
 
 from head_helpers import alignment_rows, assert_nodes_match_references, load_with_head, recorded_nodes
+from prepared_models import TINY_FIXTURES
 
 ATOL = 1e-5
-FAMILY_TYPES = ("qwen3_vl", "internvl", "llava1_5_hf", "gemma3_vision")
+FAMILY_TYPES = ("exgra_med", "qwen3_vl", "internvl", "llava1_5_hf", "gemma3_vision")
 ALIGNMENT_KEYS = {"merged_answer_ids", "extended_answer_ids", "mga_image_tokens"}
 # A module through which the image nodes are computed (the merger / projector), per family.
 PROJECTOR_WEIGHT = {
+    "exgra_med": lambda model: model.model.mm_projector[0].weight,
     "qwen3_vl": lambda model: model.model.visual.merger.linear_fc1.weight,
     "internvl": lambda model: model.model.multi_modal_projector.linear_1.weight,
     "llava1_5_hf": lambda model: model.model.multi_modal_projector.linear_1.weight,
@@ -45,7 +48,8 @@ def loader(registered):
     def load(request, model_type: str, packing: bool = True):
         key = (model_type, packing)
         if key not in cache:
-            cache[key] = load_with_head(request.getfixturevalue(f"tiny_{model_type}"), model_type, mga_text_packing=packing)
+            cache[key] = load_with_head(request.getfixturevalue(TINY_FIXTURES[model_type]), model_type,
+                                        mga_text_packing=packing)
         return cache[key]
 
     return load
@@ -71,9 +75,10 @@ def test_gradients_reach_the_graph_network_projector_and_language_model(request,
     model.zero_grad()
     outputs = model(**batch)
     outputs.align_loss.backward()
-    assert sum(p.grad.abs().sum() for p in model.mga.parameters() if p.grad is not None) > 0
+    family = model.alignment_head.family
+    assert sum(p.grad.abs().sum() for p in family.network_of(model).parameters() if p.grad is not None) > 0
     assert PROJECTOR_WEIGHT[model_type](model).grad.abs().sum() > 0  # through the image nodes
-    assert model.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the text passes
+    assert family.decoder_of(model).layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the text passes
     if model_type == "qwen3_vl":  # the DeepStack mergers feed decoder layers, not the image node
         assert all(p.grad is None for p in model.model.visual.deepstack_merger_list.parameters())
     assert {"matching_accuracy", "hamming_image_to_bary", "mga_graph_nodes"} <= set(outputs.align_terms)
@@ -100,7 +105,7 @@ def test_training_encoding_adds_only_the_alignment_keys(request, loader, rows, m
         ours, theirs = template.encode(dict(row)), stock.encode(dict(row))
         assert set(ours) == set(theirs) | ALIGNMENT_KEYS, row["id"]
         assert ours["input_ids"] == theirs["input_ids"], row["id"]
-        image_id = model.config.image_token_id
+        image_id = model.alignment_head.family.image_token_id(model.config)
         assert sum(ours["mga_image_tokens"]) == ours["input_ids"].count(image_id)
         assert len(ours["mga_image_tokens"]) == len(row["images"])
 
