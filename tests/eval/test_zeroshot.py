@@ -80,8 +80,8 @@ def test_likelihood_scores_match_the_closed_form_and_pick_the_planted_option(eng
     assert mean == pytest.approx([e / n for e, n in zip(expected, counts)], abs=1e-3)
 
 
-def test_failures_are_counted_and_listed(engine, planted, tmp_path):
-    from exgramed_plugin.eval.zeroshot import evaluate_zeroshot, load_omnimed
+def _write_rows_with_a_missing_image(tmp_path):
+    """Three OmniMedVQA rows (datasets A and B); a2's image does not exist."""
     rows = [
         {"question_id": "a1", "dataset": "A", "modality_type": "MR", "question": "Which animal?",
          "option_A": "zebra", "option_B": "lion", "gt_answer": "zebra", "image_path": "mri_head.png"},
@@ -92,6 +92,12 @@ def test_failures_are_counted_and_listed(engine, planted, tmp_path):
     ]
     path = tmp_path / "omni.json"
     path.write_text(json.dumps(rows))
+    return path
+
+
+def test_failures_are_counted_and_listed(engine, planted, tmp_path):
+    from exgramed_plugin.eval.zeroshot import evaluate_zeroshot, load_omnimed
+    path = _write_rows_with_a_missing_image(tmp_path)
     samples = load_omnimed([path], DATA_TEMPLATES / "images")
     summary = evaluate_zeroshot(samples, engine=engine, scorings=["difflib", "likelihood"], max_new_tokens=3,
                                 show_progress=False)
@@ -108,16 +114,7 @@ def test_failures_are_counted_and_listed(engine, planted, tmp_path):
 
 def test_run_zeroshot_writes_the_run_and_reports_its_failures(engine, planted, tmp_path):
     from exgramed_plugin.eval.zeroshot import format_report, run_zeroshot
-    rows = [
-        {"question_id": "a1", "dataset": "A", "modality_type": "MR", "question": "Which animal?",
-         "option_A": "zebra", "option_B": "lion", "gt_answer": "zebra", "image_path": "mri_head.png"},
-        {"question_id": "a2", "dataset": "A", "modality_type": "MR", "question": "Which animal?",
-         "option_A": "zebra", "option_B": "lion", "gt_answer": "lion", "image_path": "missing.png"},
-        {"question_id": "b1", "dataset": "B", "modality_type": "CT", "question": "Which animal?",
-         "option_A": "lion", "option_B": "zebra", "gt_answer": "lion", "image_path": "mri_head.png"},
-    ]
-    path = tmp_path / "omni.json"
-    path.write_text(json.dumps(rows))
+    path = _write_rows_with_a_missing_image(tmp_path)
     run = run_zeroshot([path], tmp_path / "out" / "z", engine=engine, images=DATA_TEMPLATES / "images", limit=2,
                        scorings=["likelihood"])
     assert (run.questions, run.json_path, run.samples_path) == (2, tmp_path / "out" / "z.json",

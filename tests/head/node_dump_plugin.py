@@ -22,19 +22,19 @@ _original_alignment = AlignmentHead.alignment
 _original_align = AlignmentHead.align
 
 
-def _alignment(self, model, lm_inputs_embeds, input_ids, batch):
+def _alignment(self, model, lm_inputs_embeds, input_ids, batch, *args, **kwargs):
     self._dump_batch = {key: value.detach().cpu() for key, value in batch.items() if key.startswith("mga_text")}
-    return _original_alignment(self, model, lm_inputs_embeds, input_ids, batch)
+    return _original_alignment(self, model, lm_inputs_embeds, input_ids, batch, *args, **kwargs)
 
 
-def _align(self, network, z_image, z_text, z_extended):
+def _align(self, network, z_image, z_text, z_extended, **kwargs):
     folder = os.environ["ALIGNMENT_TEST_NODE_DUMP"]
     rank = dist.get_rank() if dist.is_initialized() else 0
     path = os.path.join(folder, f"rank{rank}.pt")
     if not os.path.exists(path):
         torch.save({"image": z_image.detach().cpu(), "text": z_text.detach().cpu(),
                     "extended": z_extended.detach().cpu(), **self._dump_batch}, path)
-    return _original_align(self, network, z_image, z_text, z_extended)
+    return _original_align(self, network, z_image, z_text, z_extended, **kwargs)
 
 
 AlignmentHead.alignment = _alignment
