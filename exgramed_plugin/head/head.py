@@ -227,16 +227,18 @@ class AlignmentHead:
     def _image_bookkeeping(self, model: nn.Module, image_mask: Tensor, batch: dict[str, Tensor]
                            ) -> tuple[list[int], list[int]]:
         """Each image's token count and each sample's image count: the template's, or (families with a
-        fixed count per image, called without them) one sample per row."""
+        fixed count per image, called without them) counted per row, one sample per row unless the batch
+        says how many images each sample holds (a padding-free row holds several samples)."""
         if "mga_image_tokens" in batch and "mga_images_per_sample" in batch:
             return batch["mga_image_tokens"].tolist(), batch["mga_images_per_sample"].tolist()
         if self.family.tokens_per_image is None:
             raise ValueError(f"the alignment head of this {self.family.model_type} model needs the template's image "
                              "bookkeeping (mga_image_tokens, mga_images_per_sample)")
         tokens = int(getattr(model.config, self.family.tokens_per_image))
-        per_sample = (image_mask.sum(dim=1) // tokens).tolist()
-        if "mga_images_per_sample" in batch:  # a padding-free row holds several samples
+        if "mga_images_per_sample" in batch:
             per_sample = batch["mga_images_per_sample"].tolist()
+        else:
+            per_sample = (image_mask.sum(dim=1) // tokens).tolist()
         return [tokens] * sum(per_sample), per_sample
 
     def text_nodes_of(self, model: nn.Module, text_ids: Tensor, text_mask: Tensor | None = None,

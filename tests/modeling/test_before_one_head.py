@@ -38,3 +38,17 @@ def test_full_and_lora_checkpoints_reproduce_their_logits_and_align_loss():
     torch.testing.assert_close(lora_logits, expected["lora_logits"], rtol=0, atol=1e-5)
     torch.testing.assert_close(lora_align.reshape(1), expected["lora_align_loss"], rtol=0, atol=1e-6)
     assert not torch.allclose(lora_logits, logits, atol=1e-3)  # the adapter is not a no-op
+
+
+def test_a_batch_without_the_templates_image_bookkeeping_gives_the_same_align_loss():
+    # exgra_med has a fixed token count per image: a hand-built batch may leave the counts out (one sample per row)
+    from peft import PeftModel
+
+    from exgramed_plugin.modeling.modeling import ExGraMedForCausalLM
+    make = _fixture_module()
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    model = PeftModel.from_pretrained(ExGraMedForCausalLM.from_pretrained(FIXTURE / "full"), FIXTURE / "lora")
+    batch = {key: value for key, value in make.fixed_batch(model.config).items()
+             if key not in ("mga_image_tokens", "mga_images_per_sample")}
+    _, align = make.run(model, batch)
+    torch.testing.assert_close(align.reshape(1), expected["lora_align_loss"], rtol=0, atol=1e-6)

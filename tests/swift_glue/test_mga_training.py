@@ -112,6 +112,22 @@ def test_forward_returns_alignment_loss_with_gradients(mga_setup):
     assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # through the text passes
 
 
+def test_training_batch_without_merged_answers_names_the_template(mga_setup):
+    # exgra_med goes through the same head as the built-in models: no silent LM-only step
+    model, template, _ = mga_setup
+    template.set_mode("train")
+    batch = template.data_collator([template.encode(r) for r in _rows()])
+    stripped = {key: value for key, value in batch.items() if not key.startswith("mga_")}
+    with pytest.raises(ValueError, match="without merged answers.*--template exgra_med"):
+        model(**stripped)
+    model.eval()
+    try:
+        with torch.no_grad():
+            assert model(**stripped).align_loss is None  # evaluation / generation need none of it
+    finally:
+        model.train()
+
+
 def test_text_node_pooling(mga_setup):
     model, _, config = mga_setup
     ids = torch.tensor([[2, 100, 200, 300], [2, 400, 32000, 32000]])
