@@ -48,8 +48,13 @@ def knn_graph(x: Tensor, k: int) -> Tensor:
     squared_dist = squared_norms[:, None] + squared_norms[None, :] - 2.0 * (points @ points.T)
     squared_dist = squared_dist.clamp_min_(0.0)
     squared_dist.fill_diagonal_(float("inf"))
-    # stable sort: ties keep ascending column order, i.e. the lower index wins
-    order = torch.sort(squared_dist, dim=1, stable=True).indices[:, :num_neighbours]
+    # the k + 1 nearest give the k nearest, unless a row ties among them: a stable sort of such rows
+    # keeps ascending column order (the lower index wins), as a stable sort of every row would
+    nearest, order = torch.topk(squared_dist, num_neighbours + 1, dim=1, largest=False, sorted=True)
+    order = order[:, :num_neighbours]
+    tied = (nearest[:, 1:] == nearest[:, :-1]).any(dim=1).nonzero().squeeze(1)
+    if len(tied):
+        order[tied] = torch.sort(squared_dist[tied], dim=1, stable=True).indices[:, :num_neighbours]
     source = torch.arange(n, device=x.device).repeat_interleave(num_neighbours)
     return torch.stack([source, order.reshape(-1)], dim=0)
 

@@ -36,6 +36,16 @@ def test_knn_graph_ties_go_to_lower_index_and_are_deterministic():
     assert not bool((edge_index[0] == edge_index[1]).any())
 
 
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_knn_graph_breaks_ties_by_index_on_a_lattice(k):
+    # integer points: exact distances in every formula, ties inside and at the edge of most rows'
+    # k nearest; the random points beside them have none
+    lattice = torch.cartesian_prod(torch.arange(6.0), torch.arange(5.0))
+    scattered = 10.0 + torch.rand(7, 2, generator=torch.Generator().manual_seed(k))
+    x = torch.cat([lattice, scattered])
+    assert list(map(tuple, knn_graph(x, k).T.tolist())) == brute_force_knn(x, k)
+
+
 def test_knn_graph_accepts_low_precision():
     x = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
     assert list(map(tuple, knn_graph(x.bfloat16(), 3).T.tolist())) == brute_force_knn(x.bfloat16().float(), 3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 from exgramed_plugin.alignment import (
     SOLVERS,
@@ -21,6 +22,7 @@ from exgramed_plugin.alignment.solvers import (
     branch_and_bound,
     solve_ipfp,
 )
+from exgramed_plugin.alignment.solvers.lap import _partial_lap
 from exgramed_plugin.alignment.solvers.tables import _gradients, _pair_coefficients, _pair_terms
 
 
@@ -136,6 +138,33 @@ def test_lap_is_exact_without_quadratic_costs():
             matching_objective(x, unary, quadratic, edges_a, edges_b),
             matching_objective(exact, unary, quadratic, edges_a, edges_b),
         )
+
+
+@pytest.mark.parametrize("n,m", [(5, 5), (4, 6), (6, 4), (1, 5)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lap_equals_brute_force_on_square_and_rectangular_costs(n, m, seed):
+    # a third of the costs positive, as in the IPFP's gradients: partial matchings win there
+    unary = torch.randn(1, n, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.4
+    no_edges = torch.zeros(1, 2, 0, dtype=torch.long)
+    found = solve_graph_matching(unary, torch.zeros(1, 0, 0, dtype=torch.float64), no_edges, no_edges, solver="lap")
+    value, expected = brute_force(unary[0], torch.zeros(0, 0), no_edges[0], no_edges[0])
+    assert torch.equal(found[0], expected)
+    assert float((found[0] * unary[0]).sum()) == pytest.approx(value, abs=1e-12)
+
+
+def test_lap_with_the_square_reduction_keeps_scipys_minimiser():
+    # the reduction only shifts every full assignment by one constant: scipy on the raw clipped
+    # costs is the reference, on matrices of the IPFP's sign mix and spread
+    gen = torch.Generator().manual_seed(5)
+    unary = (torch.randn(12, 120, 120, generator=gen, dtype=torch.float64) * torch.rand(12, 1, 1, generator=gen) * 2
+             - 0.3)
+    clipped = np.minimum(unary.numpy(), 0.0)
+    for problem, matching in zip(clipped, _partial_lap(unary)):
+        rows, cols = linear_sum_assignment(problem)
+        kept = problem[rows, cols] < 0
+        expected = np.full(len(problem), -1)
+        expected[rows[kept]] = cols[kept]
+        np.testing.assert_array_equal(matching.numpy(), expected)
 
 
 def test_unassigned_nodes_cost_nothing():
