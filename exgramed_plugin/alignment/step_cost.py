@@ -16,7 +16,7 @@ LARGE_GRAPH_NODES = 512
 PROBLEMS = 6
 # One MGA step (forward + backward, width 64, kNN k = 5, one process, one thread) by graph size:
 # benchmarks/bench_global_graph.py on this project's 2-core CPU (docs/benchmarks.md, "Large global graphs").
-MEASURED_STEP_SECONDS = {128: 0.17, 256: 0.60, 512: 2.64, 1024: 10.14}
+MEASURED_STEP_SECONDS = {128: 0.15, 256: 0.53, 512: 2.09, 1024: 7.40}
 
 
 def estimated_step_seconds(nodes: int, processes: int = 1) -> float:
